@@ -1,0 +1,57 @@
+"""mfm_hub: Masked Frequency Modeling (MFM) and FOLK backbones as Hugging Face models.
+
+Importing the package registers every config and model with transformers' Auto classes.
+"""
+
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+)
+
+from . import frequency
+from .configuration_mfm import PRESETS, MFMResNetConfig, MFMViTConfig, config_from_preset
+from .image_processing import image_processor_for_config
+from .modeling_common import MFMPreTrainingOutput
+from .modeling_mfm_resnet import (
+    MFMResNetBackbone,
+    MFMResNetForImageClassification,
+    MFMResNetForPreTraining,
+    MFMResNetModel,
+)
+from .modeling_mfm_vit import (
+    MFMViTBackbone,
+    MFMViTForImageClassification,
+    MFMViTForPreTraining,
+    MFMViTModel,
+)
+
+__version__ = "0.1.0"
+
+for _config, _family in (
+    (MFMViTConfig, (MFMViTModel, MFMViTForPreTraining, MFMViTForImageClassification, MFMViTBackbone)),
+    (MFMResNetConfig, (MFMResNetModel, MFMResNetForPreTraining, MFMResNetForImageClassification, MFMResNetBackbone)),
+):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    for _auto, _model in zip((AutoModel, AutoModelForPreTraining, AutoModelForImageClassification, AutoBackbone), _family):
+        _auto.register(_config, _model, exist_ok=True)
+
+__all__ = [
+    "PRESETS",
+    "MFMPreTrainingOutput",
+    "MFMResNetBackbone",
+    "MFMResNetConfig",
+    "MFMResNetForImageClassification",
+    "MFMResNetForPreTraining",
+    "MFMResNetModel",
+    "MFMViTBackbone",
+    "MFMViTConfig",
+    "MFMViTForImageClassification",
+    "MFMViTForPreTraining",
+    "MFMViTModel",
+    "config_from_preset",
+    "frequency",
+    "image_processor_for_config",
+]

@@ -1,0 +1,270 @@
+"""Configurations of the MFM / FOLK ViT and ResNet models, and the named presets."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+CORRUPTIONS = ("mfm", "informed", "sr", "deblur", "denoise")
+RECONSTRUCTION_TARGETS = ("masked", "all")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+class MFMConfigBase(PreTrainedConfig):
+    r"""Fields shared by every MFM model: the input images and the pre-training objective.
+
+    image_size (`int`): side of the square training images; other sizes work at inference
+        (position embeddings are interpolated) as long as they are divisible by the stride.
+    num_channels (`int`): input channels (3).
+    image_mean, image_std (`tuple[float]`): normalisation applied *after* corruption
+        (ImageNet statistics, as in the papers).
+    corruption (`str`): what the pre-training model does to its input:
+        ``"mfm"`` (circle low/high-pass, the MFM paper), ``"informed"`` (FOLK's Com/RCom
+        filters), ``"sr"``, ``"deblur"`` or ``"denoise"`` (the paper's baselines).
+    mask_radius, mask_radius_outer (`float`): the MFM circle in spectrum pixels of a 224-px
+        image (16 and 999 officially); scaled with the image side, see
+        `mfm_hub.frequency.circle_mask`.
+    low_pass_prob (`float`): probability that an image is low-passed (0.5 for ViT, 0.3 for
+        ResNet-50 officially).
+    informed_keep_ratios (`tuple[float]`): fractions of highest-magnitude frequencies that
+        Com keeps (RCom removes); one is drawn per image.
+    compress_prob (`float`): probability of Com (else RCom) per image.
+    reconstruction_target (`str`): ``"masked"`` (loss on removed frequencies only, the
+        official MFM setting) or ``"all"``; defaults to ``"masked"`` for frequency masks and
+        ``"all"`` for the SR/deblur/denoise baselines.
+    sr_factor (`int`), blur_sigma (`float`), blur_kernel_sizes (`tuple[int]`),
+        noise_sigma (`float`): the baselines' corruption parameters (8; 5; 7..21; 75/255).
+    loss_gamma, focal_weighting, focal_matrix_gamma, focal_log_matrix, focal_batch_matrix:
+        options of the focal frequency loss; MFM uses gamma 1 and no weighting.
+    initializer_range (`float`): std of the truncated-normal init of linear layers.
+    """
+
+    image_size: int = 224
+    num_channels: int = 3
+    image_mean: tuple[float, ...] | list[float] = IMAGENET_MEAN
+    image_std: tuple[float, ...] | list[float] = IMAGENET_STD
+    corruption: str = "mfm"
+    mask_radius: float = 16.0
+    mask_radius_outer: float = 999.0
+    low_pass_prob: float = 0.5
+    informed_keep_ratios: tuple[float, ...] | list[float] = (0.005, 0.01, 0.05)
+    compress_prob: float = 0.5
+    reconstruction_target: str | None = None
+    sr_factor: int = 8
+    blur_sigma: float = 5.0
+    blur_kernel_sizes: tuple[int, ...] | list[int] = (7, 9, 11, 13, 15, 17, 19, 21)
+    noise_sigma: float = 75.0 / 255.0
+    loss_gamma: float = 1.0
+    focal_weighting: bool = False
+    focal_matrix_gamma: float = 1.0
+    focal_log_matrix: bool = False
+    focal_batch_matrix: bool = False
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        _check(isinstance(self.image_size, int) and self.image_size > 0, f"`image_size` must be a positive int, got {self.image_size!r}.")
+        _check(self.num_channels in (1, 3), f"`num_channels` must be 1 or 3, got {self.num_channels!r}.")
+        _check(
+            len(self.image_mean) == self.num_channels and len(self.image_std) == self.num_channels,
+            f"`image_mean`/`image_std` need {self.num_channels} values, got {list(self.image_mean)} / {list(self.image_std)}.",
+        )
+        _check(all(s > 0 for s in self.image_std), f"`image_std` must be positive, got {list(self.image_std)}.")
+        _check(self.corruption in CORRUPTIONS, f"`corruption` must be one of {CORRUPTIONS}, got {self.corruption!r}.")
+        _check(self.mask_radius > 0, f"`mask_radius` must be > 0, got {self.mask_radius!r}.")
+        _check(self.mask_radius_outer > self.mask_radius, f"`mask_radius_outer` must exceed `mask_radius`, got {self.mask_radius_outer!r} <= {self.mask_radius!r}.")
+        for name in ("low_pass_prob", "compress_prob"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, f"`{name}` must be a probability in [0, 1], got {value!r}.")
+        _check(
+            len(self.informed_keep_ratios) > 0 and all(0.0 < q < 1.0 for q in self.informed_keep_ratios),
+            f"`informed_keep_ratios` must be fractions in (0, 1), got {list(self.informed_keep_ratios)!r}.",
+        )
+        if self.reconstruction_target is None:
+            self.reconstruction_target = "masked" if self.corruption in ("mfm", "informed") else "all"
+        _check(
+            self.reconstruction_target in RECONSTRUCTION_TARGETS,
+            f"`reconstruction_target` must be one of {RECONSTRUCTION_TARGETS}, got {self.reconstruction_target!r}.",
+        )
+        _check(
+            self.reconstruction_target == "all" or self.corruption in ("mfm", "informed"),
+            f"`reconstruction_target='masked'` needs a frequency-mask corruption, not {self.corruption!r}.",
+        )
+        _check(isinstance(self.sr_factor, int) and self.sr_factor >= 2, f"`sr_factor` must be an int >= 2, got {self.sr_factor!r}.")
+        _check(self.blur_sigma > 0, f"`blur_sigma` must be > 0, got {self.blur_sigma!r}.")
+        _check(
+            len(self.blur_kernel_sizes) > 0 and all(k % 2 == 1 and k > 0 for k in self.blur_kernel_sizes),
+            f"`blur_kernel_sizes` must be odd positive ints, got {list(self.blur_kernel_sizes)!r}.",
+        )
+        _check(self.noise_sigma > 0, f"`noise_sigma` must be > 0, got {self.noise_sigma!r}.")
+        _check(self.loss_gamma > 0, f"`loss_gamma` must be > 0, got {self.loss_gamma!r}.")
+        super().__post_init__(**kwargs)
+
+
+class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
+    r"""Configuration of an MFM Vision Transformer (BEiT-style layout of the official MFM code:
+    absolute position embedding + cls token, separate q/v biases, no relative position bias).
+
+    patch_size (`int`), hidden_size (`int`), num_hidden_layers (`int`),
+    num_attention_heads (`int`), mlp_ratio (`float`): the transformer's shape.
+    qkv_bias (`bool`): learn q and v biases (k has none), as BEiT.
+    layer_norm_eps (`float`): 1e-6 as in the official code.
+    layer_scale_init_value (`float`, *optional*): LayerScale init; ``None`` (MFM) disables it.
+    drop_path_rate, hidden_dropout_prob, attention_dropout_prob (`float`): regularisation.
+    use_mean_pooling (`bool`): pool = ``fc_norm(mean(patch tokens))`` and no final norm, as
+        the official fine-tuning; ``False`` keeps the pre-training final norm and pools the
+        cls token.
+    out_features / out_indices: stages returned by `MFMViTBackbone` (``stem`` is the patch
+        embedding, ``stageN`` the output of block N); defaults to 4 evenly spaced blocks.
+    add_fpn (`bool`): turn four stride-p maps into strides p/4, p/2, p, 2p (BEiT's
+        segmentation neck) so UperNet gets a feature pyramid; defaults to ``True`` when the
+        model has at least 4 blocks.
+    """
+
+    model_type = "mfm_vit"
+
+    patch_size: int = 16
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    layer_norm_eps: float = 1e-6
+    layer_scale_init_value: float | None = None
+    drop_path_rate: float = 0.0
+    hidden_dropout_prob: float = 0.0
+    attention_dropout_prob: float = 0.0
+    use_mean_pooling: bool = False
+    add_fpn: bool | None = None
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        _check(isinstance(self.patch_size, int) and self.patch_size > 0, f"`patch_size` must be a positive int, got {self.patch_size!r}.")
+        _check(
+            self.image_size % self.patch_size == 0,
+            f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size}).",
+        )
+        _check(
+            self.hidden_size % self.num_attention_heads == 0,
+            f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` ({self.num_attention_heads}).",
+        )
+        _check(self.num_hidden_layers >= 1, f"`num_hidden_layers` must be >= 1, got {self.num_hidden_layers!r}.")
+        _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
+        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
+        if out_indices is None and out_features is None:
+            depth = self.num_hidden_layers
+            out_indices = sorted({max(1, depth * q // 4) for q in (1, 2, 3, 4)})
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        if self.add_fpn is None:
+            self.add_fpn = len(self._out_indices) == 4
+        _check(
+            not self.add_fpn or len(self._out_indices) == 4,
+            f"`add_fpn=True` needs exactly 4 `out_indices`, got {self._out_indices}.",
+        )
+        super().__post_init__(**kwargs)
+
+    @property
+    def encoder_stride(self) -> int:
+        return self.patch_size
+
+    @property
+    def num_features(self) -> int:
+        return self.hidden_size
+
+
+class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
+    r"""Configuration of an MFM ResNet (timm's ResNet layout: ``conv1``, ``bn1``, ``layer1..4``).
+
+    block_type (`str`): ``"bottleneck"`` (ResNet-50 and deeper) or ``"basic"`` (ResNet-18/34).
+    layers (`list[int]`): blocks per stage.
+    drop_path_rate (`float`): stochastic depth.
+    out_features / out_indices: stages returned by `MFMResNetBackbone` (``stem``,
+        ``stage1``..``stage4``; strides 4, 4, 8, 16, 32); defaults to the four stages.
+    low_pass_prob defaults to 0.3, the official ResNet-50 setting.
+    """
+
+    model_type = "mfm_resnet"
+
+    block_type: str = "bottleneck"
+    layers: tuple[int, ...] | list[int] = (3, 4, 6, 3)
+    drop_path_rate: float = 0.0
+    low_pass_prob: float = 0.3
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        _check(self.block_type in ("basic", "bottleneck"), f"`block_type` must be 'basic' or 'bottleneck', got {self.block_type!r}.")
+        _check(len(self.layers) == 4 and all(n >= 1 for n in self.layers), f"`layers` must be 4 positive ints, got {list(self.layers)!r}.")
+        _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
+        self.stage_names = ["stem", "stage1", "stage2", "stage3", "stage4"]
+        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
+        if out_indices is None and out_features is None:
+            out_features = ["stage1", "stage2", "stage3", "stage4"]
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        super().__post_init__(**kwargs)
+
+    @property
+    def encoder_stride(self) -> int:
+        return 32
+
+    @property
+    def stage_channels(self) -> list[int]:
+        expansion = 4 if self.block_type == "bottleneck" else 1
+        return [64] + [64 * 2**i * expansion for i in range(4)]
+
+    @property
+    def num_features(self) -> int:
+        return self.stage_channels[-1]
+
+
+_VIT_SHAPES = {
+    "tiny": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3),
+    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
+}
+
+#: Named architectures, timm-style: ``vit-<size>-patch<p>-<image size>``, ``resnet<depth>``.
+PRESETS: dict[str, tuple[type, dict]] = {
+    **{f"vit-{size}-patch16-224": (MFMViTConfig, dict(shape, patch_size=16, image_size=224)) for size, shape in _VIT_SHAPES.items()},
+    **{f"vit-{size}-patch4-32": (MFMViTConfig, dict(shape, patch_size=4, image_size=32)) for size, shape in _VIT_SHAPES.items() if size != "large"},
+    "resnet18": (MFMResNetConfig, dict(block_type="basic", layers=(2, 2, 2, 2))),
+    "resnet50": (MFMResNetConfig, dict(block_type="bottleneck", layers=(3, 4, 6, 3))),
+}
+
+
+def _auto_map(config_class: str, module: str, prefix: str) -> dict[str, str]:
+    heads = {
+        "AutoModel": "Model",
+        "AutoModelForPreTraining": "ForPreTraining",
+        "AutoModelForImageClassification": "ForImageClassification",
+        "AutoBackbone": "Backbone",
+    }
+    return {"AutoConfig": f"configuration_mfm.{config_class}", **{auto: f"{module}.{prefix}{head}" for auto, head in heads.items()}}
+
+
+#: ``auto_map`` written into every saved config, so that a Hub copy loads with
+#: ``trust_remote_code=True`` for users who have not installed mfm_hub.
+AUTO_MAP = {
+    MFMViTConfig.model_type: _auto_map("MFMViTConfig", "modeling_mfm_vit", "MFMViT"),
+    MFMResNetConfig.model_type: _auto_map("MFMResNetConfig", "modeling_mfm_resnet", "MFMResNet"),
+}
+
+
+def config_from_preset(name: str, **overrides) -> MFMViTConfig | MFMResNetConfig:
+    """Build the config of a named preset (see `PRESETS`), with any field overridden."""
+    if name not in PRESETS:
+        raise KeyError(f"Unknown preset {name!r}. Available presets: {', '.join(sorted(PRESETS))}.")
+    config_class, fields = PRESETS[name]
+    return config_class(**{**fields, **overrides})
+
+
+__all__ = ["AUTO_MAP", "MFMConfigBase", "MFMResNetConfig", "MFMViTConfig", "PRESETS", "config_from_preset"]

@@ -1,0 +1,147 @@
+"""Convert an official MFM release checkpoint (``.pth``) to a Hugging Face checkpoint.
+
+    python -m mfm_hub.convert_official --checkpoint mfm_pretrain_vit_base.pth \
+        --arch vit-base --output mfm-vit-base [--push-to-hub org/mfm-vit-base]
+
+Pre-trained files (``encoder.*`` + ``decoder.0.*``) become an ``MFM*ForPreTraining``
+checkpoint (loadable by `AutoModel`, `AutoBackbone`, ...); fine-tuned files (no prefix,
+``fc_norm`` + ``head`` for ViT, ``fc`` for timm ResNets) become ``MFM*ForImageClassification``.
+
+The file is read with ``torch.load(weights_only=True)``: no pickled code runs. The yacs
+``CfgNode`` that official files embed is the one non-tensor class allowed, mapped to an
+inert dict stand-in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .configuration_mfm import PRESETS, config_from_preset
+from .model_card import write_model_card
+from .modeling_mfm_resnet import MFMResNetForImageClassification, MFMResNetForPreTraining
+from .modeling_mfm_vit import MFMViTForImageClassification, MFMViTForPreTraining
+
+#: Short names of the released architectures.
+ARCH_ALIASES = {"vit-base": "vit-base-patch16-224", "vit-small": "vit-small-patch16-224", "resnet50": "resnet50"}
+
+OFFICIAL_LICENSE = "S-Lab License 1.0 (non-commercial use only), inherited from the official MFM release"
+
+
+class _InertConfigNode:
+    """Stand-in for ``yacs.config.CfgNode`` (a dict subclass): unpickles as a plain
+    `OrderedDict`, one of the containers the safe unpickler fills, and runs nothing."""
+
+    def __new__(cls, *args):
+        return OrderedDict()
+
+
+def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict of an official ``.pth`` file, read without executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    try:
+        with torch.serialization.safe_globals([(_InertConfigNode, "yacs.config.CfgNode")]):
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain containers, which a safe load refuses "
+            f"(it was not executed): {error}"
+        ) from error
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
+    if isinstance(content, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(content.get(key), dict):
+                content = content[key]
+                break
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ValueError(f"{path} does not contain a state dict (a dict of tensors, or one under 'model').")
+    return content
+
+
+def _target_for(state_dict: dict[str, torch.Tensor], arch: str, image_size: Optional[int]):
+    """Pick the model class and build its config from the checkpoint's key layout."""
+    preset = ARCH_ALIASES.get(arch, arch)
+    if preset not in PRESETS:
+        raise KeyError(f"Unknown --arch {arch!r}; choose one of {sorted({*ARCH_ALIASES, *PRESETS})}.")
+    overrides = {"image_size": image_size} if image_size else {}
+    is_vit = preset.startswith("vit")
+    pretrained = any(key.startswith("encoder.") for key in state_dict)
+    if pretrained:
+        config = config_from_preset(preset, **overrides)
+        return (MFMViTForPreTraining if is_vit else MFMResNetForPreTraining)(config)
+    head = "head.weight" if is_vit else "fc.weight"
+    if head not in state_dict:
+        raise ValueError(f"A fine-tuned checkpoint needs '{head}'; found neither it nor 'encoder.*' keys.")
+    labels = {"num_labels": state_dict[head].shape[0]}
+    if is_vit:
+        config = config_from_preset(preset, use_mean_pooling="fc_norm.weight" in state_dict, **labels, **overrides)
+        return MFMViTForImageClassification(config)
+    return MFMResNetForImageClassification(config_from_preset(preset, **labels, **overrides))
+
+
+def rename_official_keys(state_dict: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """Official key -> our key: the encoder moves under ``<base>.encoder.``, the decoder keeps
+    ``decoder.0.``, the classifier (``head`` / ``fc``) becomes ``classifier``."""
+    base = model.base_model_prefix
+    renamed = {}
+    for key, value in state_dict.items():
+        if key.startswith("decoder."):
+            renamed[key] = value
+        elif key.startswith(("head.", "fc.")):
+            renamed["classifier." + key.split(".", 1)[1]] = value
+        else:
+            renamed[f"{base}.encoder.{key.removeprefix('encoder.')}"] = value
+    return renamed
+
+
+def convert(checkpoint: str | Path, arch: str, output: str | Path, image_size: Optional[int] = None, push_to_hub: Optional[str] = None):
+    """Convert, verify that every weight was used, save (safetensors + image processor +
+    model card) and optionally push. Returns the converted model."""
+    state_dict = load_official_checkpoint(checkpoint)
+    model = _target_for(state_dict, arch, image_size)
+    result = model.load_state_dict(rename_official_keys(state_dict, model), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{checkpoint} does not match --arch {arch} ({type(model).__name__}): "
+            f"missing {sorted(result.missing_keys)}; unexpected {sorted(result.unexpected_keys)}."
+        )
+    model.eval()
+    output = Path(output)
+    model.save_pretrained(output)
+    write_model_card(
+        output,
+        template="converted_official.md",
+        model=model,
+        fields={"source_checkpoint": Path(checkpoint).name, "license_note": OFFICIAL_LICENSE, "arch": arch},
+    )
+    if push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(push_to_hub, exist_ok=True)
+        api.upload_folder(repo_id=push_to_hub, folder_path=str(output), commit_message=f"Convert official MFM {arch}")
+    return model
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="official .pth file")
+    parser.add_argument("--arch", required=True, help=f"one of {sorted(ARCH_ALIASES)} or a preset name")
+    parser.add_argument("--output", required=True, help="directory for the converted checkpoint")
+    parser.add_argument("--image-size", type=int, default=None, help="image size of the config (default: the preset's)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repository")
+    args = parser.parse_args(argv)
+    model = convert(args.checkpoint, args.arch, args.output, args.image_size, args.push_to_hub)
+    print(f"Converted {args.checkpoint} -> {args.output} ({type(model).__name__})")
+
+
+if __name__ == "__main__":
+    main()

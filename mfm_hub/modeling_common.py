@@ -1,0 +1,256 @@
+"""Pieces shared by the MFM ViT and ResNet families: the output dataclass, input checks,
+the corruption + frequency-loss objective, the linear decoder, and strict checkpoint loading."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_mfm import AUTO_MAP
+from .frequency import (
+    add_gaussian_noise,
+    apply_frequency_mask,
+    downsample_upsample,
+    frequency_distance,
+    gaussian_blur,
+    informed_masks,
+    masked_frequency_loss,
+    sample_circle_masks,
+)
+from .image_processing import image_processor_for_config
+
+#: Tolerance on the [0, 1] range check of pre-training inputs (resampling overshoot).
+UNIT_RANGE_TOLERANCE = 1e-3
+
+
+@dataclass
+class MFMPreTrainingOutput(ModelOutput):
+    """Output of the ``*ForPreTraining`` models.
+
+    loss (`torch.FloatTensor`, scalar): the frequency reconstruction loss.
+    reconstruction (`torch.FloatTensor` of shape `(batch, channels, height, width)`): the
+        decoder's prediction of the **normalised** original image.
+    frequency_mask (`torch.FloatTensor` of shape `(batch, 1, height, width)`, *optional*):
+        the mask applied to each image in shifted frequency coordinates (1 = kept); ``None``
+        for the SR/deblur/denoise corruptions.
+    corrupted_pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`):
+        the corrupted input before normalisation (what the encoder saw, in [0, 1] except for
+        the unclipped noise corruption).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*): the encoder's hidden states.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    reconstruction: Optional[torch.FloatTensor] = None
+    frequency_mask: Optional[torch.FloatTensor] = None
+    corrupted_pixel_values: Optional[torch.FloatTensor] = None
+    hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: int, what: str) -> None:
+    """Shape checks with messages that say what to change."""
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(f"`pixel_values` must be a (batch, channels, height, width) tensor, got {shape}.")
+    channels, height, width = pixel_values.shape[1:]
+    if channels != num_channels:
+        hint = " Convert grayscale images to RGB (e.g. `image.convert('RGB')`)." if channels == 1 else ""
+        raise ValueError(f"`pixel_values` has {channels} channels but the model expects {num_channels}.{hint}")
+    if height % stride or width % stride:
+        raise ValueError(
+            f"Image size {height}x{width} is not divisible by the {what} {stride}; "
+            f"resize or crop to a multiple of {stride}."
+        )
+
+
+def check_unit_range(pixel_values: torch.Tensor) -> None:
+    """Pre-training inputs are un-normalised images in [0, 1] (MFM masks before normalising)."""
+    if torch.compiler.is_compiling():
+        return
+    low, high = torch.aminmax(pixel_values.detach())
+    if low < -UNIT_RANGE_TOLERANCE or high > 1 + UNIT_RANGE_TOLERANCE:
+        raise ValueError(
+            f"Pre-training models take un-normalised pixel values in [0, 1], got values in "
+            f"[{low.item():.3f}, {high.item():.3f}]. Pass images through the image processor with "
+            "`do_normalize=False` (the model normalises after corrupting)."
+        )
+
+
+def normalize(pixel_values: torch.Tensor, config) -> torch.Tensor:
+    mean = torch.tensor(config.image_mean, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(config.image_std, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
+    return (pixel_values - mean) / std
+
+
+def denormalize(pixel_values: torch.Tensor, config) -> torch.Tensor:
+    mean = torch.tensor(config.image_mean, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(config.image_std, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
+    return pixel_values * std + mean
+
+
+def corrupt(
+    pixel_values: torch.Tensor,
+    config,
+    generator: Optional[torch.Generator] = None,
+    frequency_mask: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Apply ``config.corruption`` to a batch in [0, 1]; returns ``(corrupted, frequency_mask)``.
+
+    A given ``frequency_mask`` ``(B, 1, H, W)`` replaces the sampled one (for reproducing a
+    run or comparing implementations).
+    """
+    batch, _, height, width = pixel_values.shape
+    kind = config.corruption
+    if kind in ("mfm", "informed"):
+        if frequency_mask is None:
+            if kind == "mfm":
+                frequency_mask = sample_circle_masks(
+                    batch, height, width, config.mask_radius, config.mask_radius_outer, config.low_pass_prob,
+                    generator=generator, device=pixel_values.device,
+                )
+            else:
+                frequency_mask, _ = informed_masks(pixel_values, config.informed_keep_ratios, config.compress_prob, generator)
+        elif frequency_mask.shape != (batch, 1, height, width):
+            raise ValueError(f"`frequency_mask` must have shape {(batch, 1, height, width)}, got {tuple(frequency_mask.shape)}.")
+        return apply_frequency_mask(pixel_values, frequency_mask), frequency_mask
+    if frequency_mask is not None:
+        raise ValueError(f"`frequency_mask` only applies to frequency-mask corruptions, not {kind!r}.")
+    if kind == "sr":
+        return downsample_upsample(pixel_values, config.sr_factor), None
+    if kind == "deblur":
+        return gaussian_blur(pixel_values, config.blur_sigma, config.blur_kernel_sizes, generator), None
+    return add_gaussian_noise(pixel_values, config.noise_sigma, generator), None
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, frequency_mask, config) -> torch.Tensor:
+    """The MFM frequency loss between the prediction and the normalised original."""
+    distance = frequency_distance(
+        reconstruction, target,
+        loss_gamma=config.loss_gamma,
+        focal_weighting=config.focal_weighting,
+        matrix_gamma=config.focal_matrix_gamma,
+        log_matrix=config.focal_log_matrix,
+        batch_matrix=config.focal_batch_matrix,
+    )
+    return masked_frequency_loss(distance, frequency_mask if config.reconstruction_target == "masked" else None)
+
+
+def linear_decoder(in_channels: int, stride: int, out_channels: int) -> nn.Sequential:
+    """MFM's "linear head": 1x1 conv to ``stride^2 * out_channels`` then PixelShuffle(stride),
+    ``(B, in_channels, H/stride, W/stride) -> (B, out_channels, H, W)``. Indexed as a
+    Sequential so its keys (``decoder.0.*``) match the official release."""
+    return nn.Sequential(nn.Conv2d(in_channels, stride**2 * out_channels, kernel_size=1), nn.PixelShuffle(stride))
+
+
+def default_conv_init(module: nn.Module) -> None:
+    """PyTorch's own Conv/ConvTranspose initialisation, through transformers' guarded init
+    functions so that loaded weights are never overwritten."""
+    init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+    if module.bias is not None:
+        fan_in = module.weight.shape[1] * math.prod(module.weight.shape[2:])
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        init.uniform_(module.bias, -bound, bound)
+
+
+class MFMPreTrainedModel(PreTrainedModel):
+    """Base class: saves the image processor and the full ``auto_map`` with every checkpoint,
+    and refuses checkpoints whose backbone weights do not match the config.
+
+    Subclasses list in ``_new_weight_prefixes`` the modules that a checkpoint of another task
+    may legitimately lack (a new classifier, decoder or neck); any other missing or
+    mismatched weight is an error naming the keys.
+    """
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _new_weight_prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        # load mismatched shapes leniently so that the error below can name them; a caller
+        # who asked for `ignore_mismatched_sizes` gets them re-initialised as usual
+        allow_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+        except SafetensorError as error:
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise ValueError(
+                f"The safetensors weights of {source} are corrupt or truncated ({error}); "
+                "re-download or re-save the checkpoint."
+            ) from error
+        prefix = cls.base_model_prefix + "."
+        missing = [
+            key for key in info["missing_keys"]
+            if not key.removeprefix(prefix).startswith(cls._new_weight_prefixes)
+        ]
+        mismatched = [] if allow_mismatched else [
+            entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info["mismatched_keys"]
+        ]
+        if missing or mismatched:
+            details = []
+            if missing:
+                details.append(f"missing from the checkpoint: {', '.join(sorted(missing))}")
+            if mismatched:
+                details.append(f"with a different shape: {', '.join(sorted(mismatched))}")
+            raise ValueError(
+                f"The checkpoint does not match {cls.__name__} with this config; weights "
+                + "; ".join(details)
+                + ". Load it with the config it was saved with."
+            )
+        return (model, info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self._auto_class is not None:
+            self.config.auto_map = dict(AUTO_MAP[self.config.model_type])
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            image_processor_for_config(self.config).save_pretrained(save_directory)
+        return result
+
+
+class MFMForPreTrainingMixin:
+    """The pre-training forward shared by every encoder family: corrupt -> normalise ->
+    encode to a stride-``s`` feature map -> linear decoder -> frequency loss.
+
+    Subclasses provide ``encode_feature_map(normalized_pixels, output_hidden_states)``
+    returning ``(feature_map (B, D, H/s, W/s), hidden_states)`` and a ``decoder``.
+    """
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        frequency_mask: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> MFMPreTrainingOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`):
+            **Un-normalised** images in [0, 1]; height and width divisible by the encoder stride.
+        frequency_mask (`torch.FloatTensor` of shape `(batch, 1, height, width)`, *optional*):
+            use this mask (shifted coordinates, 1 = kept) instead of sampling one.
+        generator (`torch.Generator`, *optional*): seeds the sampled corruption.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride")
+        check_unit_range(pixel_values)
+        corrupted, frequency_mask = corrupt(pixel_values, self.config, generator, frequency_mask)
+        features, hidden_states = self.encode_feature_map(normalize(corrupted, self.config), output_hidden_states)
+        reconstruction = self.decoder(features)
+        loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), frequency_mask, self.config)
+        output = MFMPreTrainingOutput(
+            loss=loss,
+            reconstruction=reconstruction,
+            frequency_mask=frequency_mask,
+            corrupted_pixel_values=corrupted,
+            hidden_states=hidden_states,
+        )
+        return output if return_dict is not False else output.to_tuple()

@@ -1,0 +1,203 @@
+"""MFM ResNet: base model, pre-training model, image classifier and backbone.
+
+The encoder is timm's `ResNet` (``conv1``, ``bn1``, ``layer1..4``) with the pooling and
+classifier removed, held as ``encoder`` so its state dict has the official key layout.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from torch import nn
+from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+)
+
+from .configuration_mfm import MFMResNetConfig
+from .modeling_common import (
+    MFMForPreTrainingMixin,
+    MFMPreTrainedModel,
+    check_pixel_values,
+    default_conv_init,
+    linear_decoder,
+)
+
+
+class MFMResNetPreTrainedModel(MFMPreTrainedModel):
+    config_class = MFMResNetConfig
+    base_model_prefix = "mfm_resnet"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Bottleneck", "BasicBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """timm's ResNet initialisation: He-normal (fan-out) convolutions, unit BatchNorm with
+        the last BatchNorm of every residual block zeroed; the MFM decoder keeps PyTorch's
+        default conv init, as in the official code."""
+        decoder = getattr(self, "decoder", None)
+        if decoder is not None and module is decoder[0]:
+            default_conv_init(module)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, Bottleneck):
+            init.zeros_(module.bn3.weight)
+        elif isinstance(module, BasicBlock):
+            init.zeros_(module.bn2.weight)
+
+
+class MFMResNetModel(MFMResNetPreTrainedModel):
+    """The bare MFM ResNet encoder.
+
+    Input: normalised ``pixel_values`` ``(B, C, H, W)`` of any size.
+    Output: `BaseModelOutputWithPoolingAndNoAttention` with ``last_hidden_state`` the
+    stride-32 map ``(B, F, H/32, W/32)`` (F = 2048 for ResNet-50), ``pooler_output`` its
+    global average ``(B, F)`` and, on request, ``hidden_states``: the stem (after max-pool)
+    and the four stages, matching ``config.stage_names``.
+    """
+
+    def __init__(self, config: MFMResNetConfig):
+        super().__init__(config)
+        self.encoder = ResNet(
+            block=Bottleneck if config.block_type == "bottleneck" else BasicBlock,
+            layers=list(config.layers),
+            in_chans=config.num_channels,
+            num_classes=0,
+            global_pool="",
+            drop_path_rate=config.drop_path_rate,
+        )
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.conv1
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention:
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        check_pixel_values(pixel_values, self.config.num_channels, 1, "stride")
+        enc = self.encoder
+        hidden = enc.maxpool(enc.act1(enc.bn1(enc.conv1(pixel_values))))
+        all_hidden = [hidden]
+        for stage in (enc.layer1, enc.layer2, enc.layer3, enc.layer4):
+            if self.gradient_checkpointing and self.training:
+                hidden = self._gradient_checkpointing_func(stage, hidden)
+            else:
+                hidden = stage(hidden)
+            all_hidden.append(hidden)
+        output = BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=hidden,
+            pooler_output=hidden.mean(dim=(-2, -1)),
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MFMResNetForPreTraining(MFMForPreTrainingMixin, MFMResNetPreTrainedModel):
+    """MFM pre-training of a ResNet: the stride-32 map -> 1x1 conv -> PixelShuffle(32).
+    Images must be divisible by 32. See `MFMForPreTrainingMixin.forward`."""
+
+    _new_weight_prefixes = ("decoder.",)
+
+    def __init__(self, config: MFMResNetConfig):
+        super().__init__(config)
+        self.mfm_resnet = MFMResNetModel(config)
+        self.decoder = linear_decoder(config.num_features, config.encoder_stride, config.num_channels)
+        self.post_init()
+
+    def encode_feature_map(self, pixel_values, output_hidden_states=None):
+        outputs = self.mfm_resnet(pixel_values, output_hidden_states=output_hidden_states)
+        return outputs.last_hidden_state, outputs.hidden_states
+
+
+class MFMResNetForImageClassification(MFMResNetPreTrainedModel):
+    """MFM ResNet with global average pooling and a linear classifier; ``labels`` ``(B,)``
+    give a loss as in transformers' `ResNetForImageClassification`."""
+
+    _new_weight_prefixes = ("classifier.",)
+
+    def __init__(self, config: MFMResNetConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.mfm_resnet = MFMResNetModel(config)
+        self.classifier = nn.Linear(config.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention:
+        outputs = self.mfm_resnet(pixel_values, output_hidden_states=output_hidden_states)
+        logits = self.classifier(outputs.pooler_output)
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MFMResNetBackbone(BackboneMixin, MFMResNetPreTrainedModel):
+    """MFM ResNet as a dense-prediction backbone: the maps of ``out_features`` (strides 4,
+    4, 8, 16, 32 for stem, stage1..4)."""
+
+    has_attentions = False
+
+    def __init__(self, config: MFMResNetConfig):
+        super().__init__(config)
+        self.mfm_resnet = MFMResNetModel(config)
+        self.num_features = config.stage_channels
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> BackboneOutput:
+        outputs = self.mfm_resnet(pixel_values, output_hidden_states=True)
+        feature_maps = tuple(
+            hidden for stage, hidden in zip(self.stage_names, outputs.hidden_states) if stage in self.out_features
+        )
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+MFMResNetConfig.register_for_auto_class()
+MFMResNetModel.register_for_auto_class("AutoModel")
+MFMResNetForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+MFMResNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+MFMResNetBackbone.register_for_auto_class("AutoBackbone")
+
+__all__ = [
+    "MFMResNetBackbone",
+    "MFMResNetForImageClassification",
+    "MFMResNetForPreTraining",
+    "MFMResNetModel",
+    "MFMResNetPreTrainedModel",
+]

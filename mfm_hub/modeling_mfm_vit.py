@@ -1,0 +1,274 @@
+"""MFM Vision Transformer: base model, pre-training model, image classifier and backbone.
+
+The encoder is timm's `Beit` with the official MFM arguments (absolute position embedding
+and cls token, q/v biases, no relative position bias, LayerNorm eps 1e-6, no LayerScale),
+held as ``encoder`` so its state dict has the official key layout under ``encoder.``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Optional
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.beit import Attention as BeitAttention
+from timm.models.beit import Beit
+from torch import nn
+from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+
+from .configuration_mfm import MFMViTConfig
+from .modeling_common import (
+    MFMForPreTrainingMixin,
+    MFMPreTrainedModel,
+    check_pixel_values,
+    default_conv_init,
+    linear_decoder,
+)
+
+
+class MFMViTPreTrainedModel(MFMPreTrainedModel):
+    config_class = MFMViTConfig
+    base_model_prefix = "mfm_vit"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["Block"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The official (BEiT) initialisation: truncated normal for linear layers and the
+        cls/position embeddings, zero q/v biases, and attention/MLP output projections
+        rescaled by 1/sqrt(2 * layer)."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            default_conv_init(module)
+        elif isinstance(module, BeitAttention) and module.q_bias is not None:
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
+            init.zeros_(module.k_bias)
+        elif isinstance(module, Beit):
+            init.trunc_normal_(module.cls_token, std=std)
+            init.trunc_normal_(module.pos_embed, std=std)
+            for layer_id, block in enumerate(module.blocks, start=1):
+                for weight in (block.attn.proj.weight, block.mlp.fc2.weight):
+                    if not getattr(weight, "_is_hf_initialized", False):
+                        weight.div_(math.sqrt(2.0 * layer_id))
+
+
+class MFMViTModel(MFMViTPreTrainedModel):
+    """The bare MFM ViT encoder.
+
+    Input: normalised ``pixel_values`` ``(B, C, H, W)``, H and W divisible by the patch size
+    (position embeddings are interpolated when the grid differs from ``image_size``).
+    Output: `BaseModelOutputWithPooling` with ``last_hidden_state`` ``(B, 1 + H*W/p^2, D)``
+    (cls token first), ``pooler_output`` ``(B, D)`` (mean of patch tokens through ``fc_norm``
+    with ``use_mean_pooling``, else the cls token) and, on request, ``hidden_states``: the
+    embeddings and every block's output.
+    """
+
+    def __init__(self, config: MFMViTConfig):
+        super().__init__(config)
+        self.encoder = Beit(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.num_channels,
+            num_classes=0,
+            global_pool="avg" if config.use_mean_pooling else "token",
+            embed_dim=config.hidden_size,
+            depth=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            qkv_bias=config.qkv_bias,
+            mlp_ratio=config.mlp_ratio,
+            proj_drop_rate=config.hidden_dropout_prob,
+            attn_drop_rate=config.attention_dropout_prob,
+            drop_path_rate=config.drop_path_rate,
+            norm_layer=partial(nn.LayerNorm, eps=config.layer_norm_eps),
+            init_values=config.layer_scale_init_value,
+            use_abs_pos_emb=True,
+            use_rel_pos_bias=False,
+            use_shared_rel_pos_bias=False,
+        )
+        self.encoder.patch_embed.strict_img_size = False
+        use_sdpa = config._attn_implementation != "eager"
+        for block in self.encoder.blocks:
+            block.attn.fused_attn = use_sdpa
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.patch_embed
+
+    def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch + position embeddings with the cls token: ``(B, 1 + N, D)`` and the patch grid."""
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.patch_size, "patch size")
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        tokens = self.encoder.patch_embed(pixel_values)
+        tokens = torch.cat((self.encoder.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
+        pos_embed = self.encoder.pos_embed
+        if grid != tuple(self.encoder.patch_embed.grid_size):
+            pos_embed = resample_abs_pos_embed(
+                pos_embed, new_size=list(grid), old_size=list(self.encoder.patch_embed.grid_size), num_prefix_tokens=1
+            )
+        return self.encoder.pos_drop(tokens + pos_embed), grid
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        hidden, _ = self.embed(pixel_values)
+        all_hidden = [hidden] if output_hidden_states else None
+        for block in self.encoder.blocks:
+            if self.gradient_checkpointing and self.training:
+                hidden = self._gradient_checkpointing_func(block, hidden)
+            else:
+                hidden = block(hidden)
+            if output_hidden_states:
+                all_hidden.append(hidden)
+        last_hidden_state = self.encoder.norm(hidden)
+        if self.config.use_mean_pooling:
+            pooled = self.encoder.fc_norm(hidden[:, 1:].mean(dim=1))
+        else:
+            pooled = last_hidden_state[:, 0]
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch tokens ``(B, N, D)`` (no cls) -> feature map ``(B, D, gh, gw)``."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
+class MFMViTForPreTraining(MFMForPreTrainingMixin, MFMViTPreTrainedModel):
+    """MFM pre-training: corrupt the input in frequency (or with the SR/deblur/denoise
+    baselines), encode, predict the original with the linear decoder (patch tokens ->
+    1x1 conv -> PixelShuffle(patch)), and score the prediction with the frequency loss.
+    See `MFMForPreTrainingMixin.forward` for inputs and `MFMPreTrainingOutput` for outputs."""
+
+    _new_weight_prefixes = ("decoder.",)
+
+    def __init__(self, config: MFMViTConfig):
+        super().__init__(config)
+        self.mfm_vit = MFMViTModel(config)
+        self.decoder = linear_decoder(config.hidden_size, config.patch_size, config.num_channels)
+        self.post_init()
+
+    def encode_feature_map(self, pixel_values, output_hidden_states=None):
+        outputs = self.mfm_vit(pixel_values, output_hidden_states=output_hidden_states)
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        return tokens_to_map(outputs.last_hidden_state[:, 1:], grid), outputs.hidden_states
+
+
+class MFMViTForImageClassification(MFMViTPreTrainedModel):
+    """MFM ViT with a linear classifier on the pooled output (``fc_norm`` + mean pooling in
+    the official fine-tuning recipe: set ``use_mean_pooling=True``). ``labels`` ``(B,)``
+    give a loss as in `ViTForImageClassification`."""
+
+    _new_weight_prefixes = ("classifier.", "encoder.fc_norm.")
+
+    def __init__(self, config: MFMViTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.mfm_vit = MFMViTModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        outputs = self.mfm_vit(pixel_values, output_hidden_states=output_hidden_states)
+        logits = self.classifier(outputs.pooler_output)
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MFMViTBackbone(BackboneMixin, MFMViTPreTrainedModel):
+    """MFM ViT as a dense-prediction backbone (`AutoBackbone`, UperNet).
+
+    Returns the hidden states of ``out_features`` as maps ``(B, D, H/p, W/p)``; with
+    ``add_fpn`` the four maps are resampled to strides p/4, p/2, p, 2p (BEiT's neck:
+    two transposed convs, one, identity, max-pool), the layout UperNet expects.
+    """
+
+    _new_weight_prefixes = ("fpn", "encoder.fc_norm.")
+
+    def __init__(self, config: MFMViTConfig):
+        super().__init__(config)
+        self.mfm_vit = MFMViTModel(config)
+        self.num_features = [config.hidden_size] * len(self.stage_names)
+        if config.add_fpn:
+            dim = config.hidden_size
+            self.fpn1 = nn.Sequential(
+                nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+                nn.BatchNorm2d(dim),
+                nn.GELU(),
+                nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+            )
+            self.fpn2 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+            self.fpn3 = nn.Identity()
+            self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> BackboneOutput:
+        outputs = self.mfm_vit(pixel_values, output_hidden_states=True)
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        feature_maps = [
+            tokens_to_map(hidden[:, 1:], grid)
+            for stage, hidden in zip(self.stage_names, outputs.hidden_states)
+            if stage in self.out_features
+        ]
+        if self.config.add_fpn:
+            feature_maps = [neck(fm) for neck, fm in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), feature_maps)]
+        output = BackboneOutput(
+            feature_maps=tuple(feature_maps),
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+MFMViTConfig.register_for_auto_class()
+MFMViTModel.register_for_auto_class("AutoModel")
+MFMViTForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+MFMViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+MFMViTBackbone.register_for_auto_class("AutoBackbone")
+
+__all__ = [
+    "MFMViTBackbone",
+    "MFMViTForImageClassification",
+    "MFMViTForPreTraining",
+    "MFMViTModel",
+    "MFMViTPreTrainedModel",
+]

@@ -1,0 +1,26 @@
+import os
+
+# Tests never reach a Hub: everything loads from local paths or the loopback test hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mfm_hub import MFMResNetConfig, MFMViTConfig  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_vit_config(**overrides) -> MFMViTConfig:
+    """A 4-block ViT on 32-px images (patch 4), fast enough for every test."""
+    fields = dict(image_size=32, patch_size=4, hidden_size=48, num_hidden_layers=4, num_attention_heads=3)
+    return MFMViTConfig(**{**fields, **overrides})
+
+
+def tiny_resnet_config(**overrides) -> MFMResNetConfig:
+    fields = dict(block_type="basic", layers=(1, 1, 1, 1), image_size=64)
+    return MFMResNetConfig(**{**fields, **overrides})

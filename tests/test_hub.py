@@ -1,0 +1,89 @@
+"""Hub round trip through the real `huggingface_hub` client over HTTP, against the
+loopback test hub of `hub_server.py` (127.0.0.1 only).
+
+Each scenario runs in a subprocess because `huggingface_hub` reads its endpoint and
+offline flag once, at import.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hub_server import LocalHub
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def local_hub():
+    hub = LocalHub().start()
+    yield hub
+    hub.stop()
+
+
+def run_against_hub(hub: LocalHub, code: str, tmp_path: Path) -> str:
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_TOKEN": "hf_local_test_token",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_PROXY": "127.0.0.1",
+    }
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_push_and_load_back(local_hub, tmp_path):
+    out = run_against_hub(local_hub, """
+        import torch, mfm_hub
+        from transformers import AutoBackbone, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+        config = mfm_hub.MFMViTConfig(image_size=32, patch_size=4, hidden_size=48, num_hidden_layers=4, num_attention_heads=3)
+        model = mfm_hub.MFMViTForPreTraining(config).eval()
+        model.push_to_hub("org/mfm-tiny")
+        x = torch.rand(2, 3, 32, 32)
+        loaded = AutoModel.from_pretrained("org/mfm-tiny").eval()
+        assert torch.equal(loaded(x).last_hidden_state, model.base_model(x).last_hidden_state)
+        assert type(AutoBackbone.from_pretrained("org/mfm-tiny")).__name__ == "MFMViTBackbone"
+        assert type(AutoModelForImageClassification.from_pretrained("org/mfm-tiny", num_labels=3)).__name__ == "MFMViTForImageClassification"
+        assert AutoImageProcessor.from_pretrained("org/mfm-tiny").size == {"height": 32, "width": 32}
+        torch.save(model.base_model(x).last_hidden_state, "reference.pt")
+        torch.save(x, "inputs.pt")
+        print("pushed-and-loaded")
+    """, tmp_path)
+    assert "pushed-and-loaded" in out
+    files = set(local_hub.repos["org/mfm-tiny"]["files"])
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_mfm_vit.py", "configuration_mfm.py"} <= files
+
+    # a user without mfm_hub imported loads the same repo through the uploaded remote code
+    out = run_against_hub(local_hub, """
+        import sys, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained("org/mfm-tiny", trust_remote_code=True).eval()
+        assert "mfm_hub" not in sys.modules, "the installed package must not be used"
+        assert type(model).__module__.startswith("transformers_modules")
+        assert torch.equal(model(torch.load("inputs.pt")).last_hidden_state, torch.load("reference.pt"))
+        print("remote-code-ok")
+    """, tmp_path)
+    assert "remote-code-ok" in out
+
+
+def test_converter_pushes(local_hub, tmp_path):
+    out = run_against_hub(local_hub, f"""
+        import torch, mfm_hub
+        from mfm_hub.convert_official import main
+        model = mfm_hub.MFMResNetForPreTraining(mfm_hub.config_from_preset("resnet18"))
+        state = {{k.replace("mfm_resnet.", ""): v for k, v in model.state_dict().items()}}
+        torch.save({{"model": state, "epoch": 1}}, "r18.pth")
+        main(["--checkpoint", "r18.pth", "--arch", "resnet18", "--output", "converted", "--push-to-hub", "org/r18"])
+        print("converted")
+    """, tmp_path)
+    assert "converted" in out
+    files = local_hub.repos["org/r18"]["files"]
+    assert "model.safetensors" in files and b"S-Lab License" in files["README.md"]

@@ -1,0 +1,279 @@
+"""Model API: shapes, heads, Auto classes, pipelines, UperNet, saving/loading and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_resnet_config, tiny_vit_config
+from PIL import Image
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
+    pipeline,
+)
+
+from mfm_hub import (
+    MFMResNetBackbone,
+    MFMResNetForImageClassification,
+    MFMResNetForPreTraining,
+    MFMResNetModel,
+    MFMViTBackbone,
+    MFMViTConfig,
+    MFMViTForImageClassification,
+    MFMViTForPreTraining,
+    MFMViTModel,
+    config_from_preset,
+)
+
+FAMILIES = {
+    "vit": (tiny_vit_config, MFMViTModel, MFMViTForPreTraining, MFMViTForImageClassification, MFMViTBackbone),
+    "resnet": (tiny_resnet_config, MFMResNetModel, MFMResNetForPreTraining, MFMResNetForImageClassification, MFMResNetBackbone),
+}
+
+
+def test_presets_build_the_published_shapes():
+    vit_b = config_from_preset("vit-base-patch16-224")
+    assert (vit_b.hidden_size, vit_b.num_hidden_layers, vit_b.num_attention_heads, vit_b.patch_size) == (768, 12, 12, 16)
+    assert vit_b.layer_norm_eps == 1e-6 and vit_b.layer_scale_init_value is None and vit_b.low_pass_prob == 0.5
+    model = MFMResNetModel(config_from_preset("resnet50"))
+    assert sum(p.numel() for p in model.parameters()) == 23_508_032  # timm resnet50 without fc
+    assert config_from_preset("resnet50").low_pass_prob == 0.3
+    with pytest.raises(KeyError, match="Unknown preset 'vit-gigantic'.*vit-base-patch16-224"):
+        config_from_preset("vit-gigantic")
+
+
+def test_vit_state_dict_has_the_official_layout():
+    keys = set(MFMViTForPreTraining(tiny_vit_config()).state_dict())
+    for key in ["cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.q_bias",
+                "blocks.0.attn.v_bias", "blocks.3.mlp.fc2.weight", "norm.weight"]:
+        assert f"mfm_vit.encoder.{key}" in keys
+    assert "decoder.0.weight" in keys
+    assert not any(k.endswith("qkv.bias") or "k_bias" in k or "gamma" in k or "relative_position" in k for k in keys)
+
+
+def test_vit_init_follows_beit():
+    model = MFMViTModel(tiny_vit_config(num_hidden_layers=8))
+    enc = model.encoder
+    assert enc.pos_embed.std().item() == pytest.approx(0.02, rel=0.15)
+    assert torch.all(enc.blocks[0].attn.q_bias == 0) and torch.all(enc.blocks[0].attn.k_bias == 0)
+    # output projections rescaled by 1/sqrt(2 * layer)
+    ratio = enc.blocks[0].mlp.fc2.weight.std() / enc.blocks[7].mlp.fc2.weight.std()
+    assert ratio.item() == pytest.approx((2 * 8 / (2 * 1)) ** 0.5, rel=0.15)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_heads_forward_shapes(family):
+    make_config, base, pretrain, classify, backbone = FAMILIES[family]
+    config = make_config(num_labels=5)
+    x = torch.rand(2, 3, 64, 96)  # non-square, not the config's image size
+    base_out = base(config)(x, output_hidden_states=True)
+    assert base_out.pooler_output.shape[:2] == (2, config.num_features)
+    assert len(base_out.hidden_states) == len(config.stage_names)
+    pre = pretrain(config)(x)
+    assert pre.reconstruction.shape == x.shape and pre.loss.ndim == 0 and torch.isfinite(pre.loss)
+    assert pre.frequency_mask.shape == (2, 1, 64, 96)
+    cls = classify(config)(x, labels=torch.tensor([0, 4]))
+    assert cls.logits.shape == (2, 5) and cls.loss is not None
+    bb = backbone(config)
+    maps = bb(x).feature_maps
+    assert len(maps) == len(bb.out_features) and [m.shape[1] for m in maps] == bb.channels
+
+
+def test_vit_backbone_fpn_gives_a_pyramid():
+    maps = MFMViTBackbone(tiny_vit_config())(torch.rand(1, 3, 64, 64)).feature_maps
+    assert [tuple(m.shape[-2:]) for m in maps] == [(64, 64), (32, 32), (16, 16), (8, 8)]  # strides 1,2,4,8 for patch 4
+    plain = MFMViTBackbone(tiny_vit_config(add_fpn=False, out_indices=[2, 4]))
+    assert [tuple(m.shape[-2:]) for m in plain(torch.rand(1, 3, 64, 64)).feature_maps] == [(16, 16), (16, 16)]
+
+
+@pytest.mark.parametrize("corruption", ["mfm", "informed", "sr", "deblur", "denoise"])
+def test_every_corruption_trains(corruption):
+    config = tiny_vit_config(corruption=corruption, sr_factor=4, blur_kernel_sizes=(3, 5, 7))
+    model = MFMViTForPreTraining(config)
+    out = model(torch.rand(2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert model.mfm_vit.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert (out.frequency_mask is not None) == (corruption in ("mfm", "informed"))
+
+
+def test_pretraining_is_reproducible_with_a_generator():
+    model = MFMViTForPreTraining(tiny_vit_config()).eval()
+    x = torch.rand(4, 3, 32, 32)
+    a = model(x, generator=torch.Generator().manual_seed(5))
+    b = model(x, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.frequency_mask, b.frequency_mask) and torch.equal(a.loss, b.loss)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    for make_config, model_class in ((tiny_vit_config, MFMViTForPreTraining), (tiny_resnet_config, MFMResNetForPreTraining)):
+        model = model_class(make_config())
+        x, mask_gen = torch.rand(2, 3, 64, 64), 7
+        grads = []
+        for checkpointing in (False, True):
+            model.zero_grad()
+            if checkpointing:
+                model.activation_checkpointing_enable()
+            model.train()
+            model(x, generator=torch.Generator().manual_seed(mask_gen)).loss.backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_sdpa_and_eager_attention_agree():
+    config = tiny_vit_config()
+    sdpa = MFMViTModel(config).eval()
+    eager = MFMViTModel(tiny_vit_config(attn_implementation="eager")).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    assert sdpa.encoder.blocks[0].attn.fused_attn and not eager.encoder.blocks[0].attn.fused_attn
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(sdpa(x).last_hidden_state, eager(x).last_hidden_state, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_load_roundtrip_and_auto_classes(family, tmp_path):
+    make_config, base, pretrain, classify, backbone = FAMILIES[family]
+    model = pretrain(make_config()).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert set(saved["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForPreTraining", "AutoModelForImageClassification", "AutoBackbone"}
+    assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
+    x = torch.rand(2, 3, 64, 64)
+    mask = torch.ones(2, 1, 64, 64)
+    mask[:, :, 20:40, 20:40] = 0
+    reloaded = AutoModelForPreTraining.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is pretrain
+    assert torch.equal(model(x, frequency_mask=mask).loss, reloaded(x, frequency_mask=mask).loss)
+    encoder = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(encoder) is base
+    assert torch.equal(encoder(x).pooler_output, model.base_model(x).pooler_output)
+    classifier = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=3)
+    assert type(classifier) is classify
+    assert torch.equal(classifier.base_model.encoder.conv1.weight if family == "resnet" else classifier.base_model.encoder.pos_embed,
+                       model.base_model.encoder.conv1.weight if family == "resnet" else model.base_model.encoder.pos_embed)
+    assert type(AutoBackbone.from_config(AutoConfig.from_pretrained(tmp_path))) is backbone
+    assert type(backbone.from_pretrained(tmp_path)) is backbone
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert processor.size == {"height": 64 if family == "resnet" else 32, "width": 64 if family == "resnet" else 32}
+
+
+def test_mismatching_checkpoint_names_the_keys(tmp_path):
+    MFMViTModel(tiny_vit_config()).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"different shape: .*encoder\.blocks\.0\.attn\.qkv\.weight"):
+        MFMViTModel.from_pretrained(tmp_path / "vit", hidden_size=60)
+    with pytest.raises(ValueError, match=r"missing from the checkpoint: .*encoder\.blocks\.4\."):
+        MFMViTModel.from_pretrained(tmp_path / "vit", num_hidden_layers=5, add_fpn=False)
+    MFMResNetModel(tiny_resnet_config()).save_pretrained(tmp_path / "resnet")
+    with pytest.raises(ValueError, match="missing from the checkpoint: .*encoder.cls_token"):
+        MFMViTModel.from_pretrained(tmp_path / "resnet")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_safetensors_file_is_a_clear_error(damage, tmp_path):
+    MFMViTModel(tiny_vit_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00not a safetensors file" * 4)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        MFMViTModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bad_pixel_values(family):
+    make_config, base, pretrain, _, _ = FAMILIES[family]
+    model = pretrain(make_config())
+    with pytest.raises(ValueError, match=r"un-normalised pixel values in \[0, 1\]"):
+        model(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="1 channels but the model expects 3.*convert\\('RGB'\\)"):
+        model(torch.rand(2, 1, 64, 64))
+    with pytest.raises(ValueError, match="not divisible by the encoder stride"):
+        model(torch.rand(2, 3, 62, 64))
+    with pytest.raises(ValueError, match=r"\(batch, channels, height, width\)"):
+        base(make_config())(torch.rand(3, 64, 64))
+
+
+def test_vit_rejects_image_size_not_divisible_by_patch():
+    with pytest.raises(ValueError, match="30x32 is not divisible by the patch size 4"):
+        MFMViTModel(tiny_vit_config())(torch.rand(1, 3, 30, 32))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(image_size=30), "divisible by `patch_size`"),
+        (dict(mask_radius=-1.0), "mask_radius"),
+        (dict(low_pass_prob=1.2), "low_pass_prob"),
+        (dict(compress_prob=-0.5), "compress_prob"),
+        (dict(informed_keep_ratios=(0.0,)), "informed_keep_ratios"),
+        (dict(corruption="jpeg"), "corruption"),
+        (dict(corruption="sr", reconstruction_target="masked"), "needs a frequency-mask"),
+        (dict(blur_kernel_sizes=(4,)), "odd"),
+        (dict(hidden_size=50), "divisible by `num_attention_heads`"),
+        (dict(num_channels=2), "num_channels"),
+        (dict(add_fpn=True, out_indices=[1, 2]), "exactly 4"),
+    ],
+)
+def test_bad_config_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_vit_config(**overrides)
+
+
+def test_bad_resnet_config_values():
+    with pytest.raises(ValueError, match="block_type"):
+        tiny_resnet_config(block_type="bottle")
+    with pytest.raises(ValueError, match="layers"):
+        tiny_resnet_config(layers=(1, 1, 1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_upernet_on_our_backbone(family, tmp_path):
+    make_config, *_ = FAMILIES[family]
+    config = UperNetConfig(backbone_config=make_config(), num_labels=4, hidden_size=32, auxiliary_channels=16, auxiliary_in_channels=None)
+    model = UperNetForSemanticSegmentation(config)
+    pixels = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 4, (2, 64, 64))
+    out = model(pixel_values=pixels, labels=labels)
+    assert out.logits.shape == (2, 4, 64, 64) and torch.isfinite(out.loss)
+    model.save_pretrained(tmp_path)
+    reloaded = UperNetForSemanticSegmentation.from_pretrained(tmp_path)
+    model.eval(), reloaded.eval()
+    assert torch.allclose(model(pixel_values=pixels).logits, reloaded(pixel_values=pixels).logits, atol=1e-6)
+
+
+def test_pipelines_run_on_our_checkpoints(tmp_path):
+    config = tiny_vit_config(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2}, use_mean_pooling=True)
+    MFMViTForImageClassification(config).save_pretrained(tmp_path)
+    rgb = Image.fromarray(np.random.randint(0, 255, (40, 50, 3), dtype=np.uint8))
+    gray = Image.fromarray(np.random.randint(0, 255, (40, 50), dtype=np.uint8))
+    classify = pipeline("image-classification", model=str(tmp_path))
+    for image in (rgb, gray):
+        predictions = classify(image)
+        assert {p["label"] for p in predictions} <= {"a", "b", "c"}
+        assert sum(p["score"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
+    features = pipeline("image-feature-extraction", model=str(tmp_path))
+    out = np.asarray(features(rgb))
+    assert out.shape == (1, 1 + 64, 48)
+
+
+def test_processor_feeds_pretraining_unnormalised(tmp_path):
+    from mfm_hub import image_processor_for_config
+
+    config = tiny_vit_config()
+    processor = image_processor_for_config(config, do_normalize=False)
+    image = Image.fromarray(np.random.randint(0, 255, (50, 40, 3), dtype=np.uint8))
+    pixels = processor(image, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 32, 32) and 0 <= pixels.min() and pixels.max() <= 1
+    assert torch.isfinite(MFMViTForPreTraining(config)(pixels).loss)
+
+
+def test_vit_config_serialises_backbone_fields():
+    config = MFMViTConfig(out_indices=[3, 6, 9, 12])
+    restored = MFMViTConfig.from_dict(config.to_dict())
+    assert restored.out_features == ["stage3", "stage6", "stage9", "stage12"] and restored.add_fpn
