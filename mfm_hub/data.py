@@ -1,0 +1,267 @@
+"""Image data for pre-training and evaluation: `datasets` loading (image folders, Hub datasets,
+streaming, the embedded Fashion-MNIST), robust decoding to RGB, and the MFM augmentation.
+
+Images stay undecoded in the dataset (``Image(decode=False)``) and are decoded by
+`decode_image`, so that a corrupt file becomes a counted, named, skippable error instead of
+a crash deep inside the data loader.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import math
+import struct
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2 as T
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+#: Where Debian's ``dataset-fashion-mnist`` package puts its IDX files.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+class BadImageError(ValueError):
+    """An image that cannot be decoded; ``source`` names the file when it is known."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"Cannot read image {source}: {reason}")
+        self.source = source
+
+
+# --------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. 16-bit and float images are rescaled (not clipped) to
+    8 bits; alpha is dropped; palette, grayscale and CMYK are converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        if image.mode == "I" and array.max() <= 255:
+            top = 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode_image(value: Any) -> Image.Image:
+    """Decode a dataset image entry (PIL image, ``{"path", "bytes"}`` dict or a path) to RGB."""
+    if isinstance(value, Image.Image):
+        return to_rgb(value)
+    if isinstance(value, dict):
+        source, data = value.get("path") or "<in-memory image>", value.get("bytes")
+    else:
+        source, data = str(value), None
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else source) as image:
+            image.load()  # full decode now: truncated files fail here, not later
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise BadImageError(source, f"{type(error).__name__}: {error}") from error
+
+
+# --------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        magic = struct.unpack(">I", handle.read(4))[0]
+        dims = [struct.unpack(">I", handle.read(4))[0] for _ in range(magic & 0xFF)]
+        return np.frombuffer(handle.read(), dtype=np.uint8).reshape(dims)
+
+
+def _fashion_mnist_examples(images_path: str, labels_path: str):
+    images, labels = _read_idx(Path(images_path)), _read_idx(Path(labels_path))
+    for image, label in zip(images, labels):
+        yield {"image": Image.fromarray(image, mode="L"), "label": int(label)}
+
+
+def load_fashion_mnist(split: str = "train", root: Path = FASHION_MNIST_DIR) -> datasets.Dataset:
+    """Fashion-MNIST (Xiao et al., 2017) from Debian's ``dataset-fashion-mnist`` package:
+    60,000 train / 10,000 test real 28x28 grayscale product photos, 10 classes. Built once
+    into the `datasets` cache."""
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}.")
+    images_path, labels_path = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images_path.exists():
+        raise FileNotFoundError(
+            f"Fashion-MNIST is not installed at {root}. Install it with `apt-get install -y dataset-fashion-mnist` "
+            "or pass your own data with --train_dir / --dataset_name."
+        )
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)})
+    return datasets.Dataset.from_generator(
+        _fashion_mnist_examples,
+        gen_kwargs={"images_path": str(images_path), "labels_path": str(labels_path)},
+        features=features,
+    )
+
+
+def _find_images(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def load_image_dataset(
+    train_dir: Optional[str] = None,
+    dataset_name: Optional[str] = None,
+    dataset_config_name: Optional[str] = None,
+    split: str = "train",
+    streaming: bool = False,
+    image_column: Optional[str] = None,
+) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
+    """Load images from an image folder (``train_dir``), a `datasets` dataset
+    (``dataset_name``) or, with neither, the embedded Fashion-MNIST. Returns the dataset,
+    with its image column left undecoded, and the image column's name."""
+    if train_dir is not None:
+        folder = Path(train_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--train_dir {folder} is not a directory.")
+        if not _find_images(folder):
+            raise ValueError(f"No images found in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        dataset = datasets.load_dataset("imagefolder", data_dir=str(folder), split=split, streaming=streaming)
+    elif dataset_name is not None:
+        dataset = datasets.load_dataset(dataset_name, dataset_config_name, split=split, streaming=streaming)
+    else:
+        dataset = load_fashion_mnist(split)
+        if streaming:
+            dataset = dataset.to_iterable_dataset()
+    features = dataset.features or {}
+    if image_column is None:
+        candidates = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+        if not candidates:
+            raise ValueError(f"No image column found; columns are {list(features)}. Pass --image_column.")
+        image_column = candidates[0]
+    elif image_column not in features:
+        raise ValueError(f"--image_column {image_column!r} is not a column; columns are {list(features)}.")
+    return dataset.cast_column(image_column, datasets.Image(decode=False)), image_column
+
+
+# --------------------------------------------------------------------------------------
+# Pre-training augmentation and loaders
+# --------------------------------------------------------------------------------------
+
+
+def pretraining_transform(image_size: int, min_crop_scale: float = 0.2) -> T.Compose:
+    """The MFM input pipeline: RandomResizedCrop (bicubic), horizontal flip, to [0, 1]
+    floats. No normalisation: the model corrupts first and normalises after."""
+    if not 0.0 < min_crop_scale <= 1.0:
+        raise ValueError(f"`min_crop_scale` must be in (0, 1], got {min_crop_scale!r}.")
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=(min_crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+        T.RandomHorizontalFlip(),
+        T.PILToTensor(),
+        T.ToDtype(torch.float32, scale=True),
+    ])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample seed: augmentations depend only on (seed, epoch, sample index), never
+    on the global RNG, so resuming, DDP and worker processes all see the same crops."""
+    return (seed * 1_000_003 + epoch * 998_244_353 + index) % (2**63 - 1)
+
+
+def augment(transform, image: Image.Image, seed: int) -> torch.Tensor:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)
+
+
+class PretrainingImages(torch.utils.data.Dataset):
+    """Map-style view of a `datasets` dataset that yields ``{"pixel_values": (C, H, W)}`` in
+    [0, 1], or ``{"bad_image": message}`` for an undecodable entry (the collator decides).
+    `set_epoch` is called by `EpochCallback` so every epoch draws new crops."""
+
+    def __init__(self, dataset: datasets.Dataset, image_column: str, transform, seed: int = 0):
+        self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return transform_entry(self.dataset[int(index)][self.image_column], self.transform, sample_seed(self.seed, self.epoch, int(index)))
+
+
+class StreamingPretrainingImages(torch.utils.data.IterableDataset):
+    """Iterable counterpart of `PretrainingImages` for ``--streaming`` datasets (seeded per
+    position in the stream; exact resume is not guaranteed for streams)."""
+
+    def __init__(self, dataset: datasets.IterableDataset, image_column: str, transform, seed: int = 0):
+        self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterable[dict]:
+        for position, example in enumerate(self.dataset):
+            yield transform_entry(example[self.image_column], self.transform, sample_seed(self.seed, self.epoch, position))
+
+
+def transform_entry(value, transform, seed: int) -> dict:
+    try:
+        image = decode_image(value)
+    except BadImageError as error:
+        return {"bad_image": str(error)}
+    return {"pixel_values": augment(transform, image, seed)}
+
+
+class PretrainingCollator:
+    """Stacks ``pixel_values``; drops undecodable images with one warning (per process) and a
+    running count, or raises naming the file when ``strict``."""
+
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+        self.num_skipped = 0
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        good = [e["pixel_values"] for e in examples if "pixel_values" in e]
+        for example in examples:
+            if "bad_image" not in example:
+                continue
+            if self.strict:
+                raise ValueError(f"{example['bad_image']} (stopping because --strict_data is set)")
+            self.num_skipped += 1
+            if self.num_skipped == 1:
+                logger.warning("%s; skipping it and any further unreadable images (use --strict_data to stop instead).", example["bad_image"])
+        if not good:
+            raise ValueError(f"Every image of a batch failed to decode, e.g. {examples[0]['bad_image']}.")
+        return {"pixel_values": torch.stack(good)}
+
+
+def epoch_of(state_epoch: Optional[float]) -> int:
+    """The epoch index from the Trainer's fractional ``state.epoch`` (robust to float error)."""
+    return int(math.floor((state_epoch or 0.0) + 1e-6))
+
+
+__all__ = [
+    "BadImageError",
+    "FASHION_MNIST_LABELS",
+    "PretrainingCollator",
+    "PretrainingImages",
+    "StreamingPretrainingImages",
+    "decode_image",
+    "epoch_of",
+    "load_fashion_mnist",
+    "load_image_dataset",
+    "pretraining_transform",
+    "to_rgb",
+]

@@ -1,0 +1,80 @@
+"""Figures people look at: the loss curve and the reconstruction grid (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .frequency import spectrum_image  # noqa: E402
+from .modeling_common import denormalize  # noqa: E402
+
+
+def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre-training loss") -> Path:
+    """Training loss (and learning rate, on a second axis) against the optimizer step."""
+    points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
+    if not points:
+        raise ValueError("No training loss was logged; lower --logging_steps.")
+    rates = [(entry["step"], entry["learning_rate"]) for entry in log_history if "learning_rate" in entry]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(*zip(*points), color="tab:blue", marker="." if len(points) < 50 else None, label="loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("frequency loss", color="tab:blue")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if rates:
+        twin = ax.twinx()
+        twin.plot(*zip(*rates), color="tab:orange", alpha=0.6, label="learning rate")
+        twin.set_ylabel("learning rate", color="tab:orange")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, generator: Optional[torch.Generator] = None) -> Path:
+    """One row per image: input, corrupted input, reconstruction, and the spectra
+    (log magnitude) of the three, plus the frequency mask when there is one."""
+    was_training = model.training
+    model.eval()
+    output = model(pixel_values.to(model.device), generator=generator)
+    model.train(was_training)
+    config = model.config
+    images = [pixel_values.cpu(), output.corrupted_pixel_values.float().cpu().clamp(0, 1),
+              denormalize(output.reconstruction.float().cpu(), config).clamp(0, 1)]
+    titles = ["input", "corrupted input", "reconstruction", "input spectrum", "corrupted spectrum", "reconstruction spectrum"]
+    spectra = [spectrum_image(image) for image in images]
+    columns = images + spectra
+    if output.frequency_mask is not None:
+        columns.append(output.frequency_mask[:, 0].float().cpu())
+        titles.append("kept frequencies")
+    rows = pixel_values.shape[0]
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.6 * len(columns), 1.6 * rows + 0.4), dpi=120, squeeze=False)
+    for r in range(rows):
+        for c, column in enumerate(columns):
+            item = column[r]
+            ax = axes[r, c]
+            if item.ndim == 3:
+                ax.imshow(item.permute(1, 2, 0).numpy(), interpolation="nearest")
+            else:
+                ax.imshow(item.numpy(), cmap="magma" if c >= 3 else "gray", interpolation="nearest", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=7)
+    fig.suptitle(f"{config.corruption} pre-training: loss {output.loss.item():.3f} on these images", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["plot_loss_curve", "reconstruction_grid"]

@@ -1,0 +1,253 @@
+"""training/run_pretraining.py end to end on tiny data: outputs, exact resume, faults,
+bad images, 2-process DDP and the Hub push (loopback test hub)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_vit_config
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from mfm_hub import MFMViTBackbone, MFMViTModel
+from mfm_hub.data import FASHION_MNIST_DIR, BadImageError, decode_image, load_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "training" / "run_pretraining.py"
+sys.path.insert(0, str(SCRIPT.parent))
+import run_pretraining  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="needs `apt-get install dataset-fashion-mnist`")
+
+
+@pytest.fixture(scope="module")
+def fashion_folder(tmp_path_factory):
+    """24 real Fashion-MNIST test images as PNG files in class folders."""
+    folder = tmp_path_factory.mktemp("fashion")
+    dataset = load_fashion_mnist("test")
+    for index in range(24):
+        example = dataset[index]
+        target = folder / f"class{example['label']}"
+        target.mkdir(exist_ok=True)
+        example["image"].save(target / f"{index:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    tiny_vit_config().to_json_file(path)
+    return path
+
+
+def run_args(folder, config, output, *extra):
+    return ["--model", str(config), "--train_dir", str(folder), "--output_dir", str(output),
+            "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--warmup_steps", "1",
+            "--logging_steps", "1", "--seed", "3", "--num_figure_images", "3", *extra]
+
+
+def test_quickstart_config_parses():
+    model_args, data_args, args = run_pretraining.parse_arguments([str(ROOT / "training/configs/quickstart.yaml")])
+    assert model_args.model == "vit-tiny-patch4-32" and model_args.method == "mfm"
+    assert args.max_steps > 0 and data_args.train_dir is None  # the embedded Fashion-MNIST
+    assert args.adam_beta2 == 0.95 and args.weight_decay == 0.05 and args.max_grad_norm == 3.0
+    assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 2.5e-6 / 3e-4}
+
+
+def test_weight_decay_split_follows_mfm():
+    trainer_cls = run_pretraining.MFMPretrainingTrainer
+    from mfm_hub import MFMViTForPreTraining
+
+    names = trainer_cls.get_decay_parameter_names(None, MFMViTForPreTraining(tiny_vit_config()))
+    assert "mfm_vit.encoder.blocks.0.attn.qkv.weight" in names and "decoder.0.weight" in names
+    assert not any(n.endswith(("pos_embed", "cls_token", "bias")) or "norm" in n for n in names)
+
+
+@pytest.mark.slow
+def test_pretraining_writes_a_loadable_backbone_card_and_figures(fashion_folder, tiny_config, tmp_path):
+    output = tmp_path / "run"
+    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, "--max_steps", "4")) == 0
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "loss_curve.png", "reconstructions.png"):
+        assert (output / name).exists(), name
+    assert isinstance(AutoModel.from_pretrained(output), MFMViTModel)
+    assert isinstance(MFMViTBackbone.from_pretrained(output), MFMViTBackbone)
+    card = (output / "README.md").read_text()
+    assert "model-index" in card and "MFM pre-training" in card and "Xie" in card and "Monsefi" in card
+    assert "![loss curve](loss_curve.png)" in card
+    history = json.loads((output / "train_results.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [1, 2, 3, 4]
+    assert Image.open(output / "reconstructions.png").size[0] > 400
+
+
+@pytest.mark.slow
+def test_loss_falls_on_a_tiny_dataset(fashion_folder, tiny_config, tmp_path):
+    # all low-pass so that every step's loss measures the same task
+    output = tmp_path / "run"
+    run_pretraining.main(run_args(fashion_folder, tiny_config, output, "--max_steps", "40", "--low_pass_prob", "1.0",
+                                  "--save_strategy", "no", "--learning_rate", "2e-3"))
+    losses = [e["loss"] for e in json.loads((output / "train_results.json").read_text())["log_history"] if "loss" in e]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(fashion_folder, tiny_config, tmp_path):
+    # 24 images / batch 4 = 6 steps per epoch: the run crosses an epoch, resumed mid-epoch
+    common = ["--max_steps", "9", "--save_steps", "4", "--save_total_limit", "5"]
+    run_pretraining.main(run_args(fashion_folder, tiny_config, tmp_path / "straight", *common))
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "straight" / "checkpoint-4", interrupted / "checkpoint-4")
+    run_pretraining.main(run_args(fashion_folder, tiny_config, interrupted, *common,
+                                  "--resume_from_checkpoint", str(interrupted / "checkpoint-4")))
+    straight = load_file(tmp_path / "straight" / "checkpoint-9" / "model.safetensors")
+    resumed = load_file(interrupted / "checkpoint-9" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    start = load_file(interrupted / "checkpoint-4" / "model.safetensors")
+    assert not all(torch.equal(start[k], resumed[k]) for k in start)  # it did train after resuming
+
+
+def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(fashion_folder, tiny_config, tmp_path):
+    from mfm_hub import MFMViTForPreTraining
+
+    model = MFMViTForPreTraining(tiny_vit_config())
+    real_forward = model.forward
+    calls = {"n": 0}
+
+    def forward_with_nan(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    model.forward = forward_with_nan
+    model_args, data_args, args = run_pretraining.parse_arguments(run_args(fashion_folder, tiny_config, tmp_path, "--max_steps", "5", "--save_steps", "2"))
+    args.learning_rate = 1e-3
+    images, _, _ = run_pretraining.build_dataset(data_args, 32, 0)
+    trainer = run_pretraining.MFMPretrainingTrainer(model=model, args=args, train_dataset=images,
+                                                    data_collator=run_pretraining.mfm_data.PretrainingCollator())
+    with pytest.raises(run_pretraining.NonFiniteLossError, match=r"became nan at step 3.*checkpoint-2"):
+        trainer.train()
+    assert not (tmp_path / "checkpoint-3").exists()
+    saved = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+@pytest.fixture
+def messy_folder(fashion_folder, tmp_path):
+    folder = tmp_path / "messy"
+    shutil.copytree(fashion_folder, folder)
+    extra = folder / "class0"
+    (extra / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    png = (extra / "000.png").read_bytes() if (extra / "000.png").exists() else next(folder.rglob("*.png")).read_bytes()
+    (extra / "truncated.png").write_bytes(png[: len(png) // 2])
+    (extra / "notes.txt").write_text("not an image")
+    Image.fromarray(np.random.randint(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(extra / "rgba.png")
+    Image.fromarray((np.random.rand(40, 40) * 65535).astype(np.uint16)).save(extra / "sixteen_bit.png")
+    Image.fromarray(np.random.randint(0, 255, (8, 8, 3), dtype=np.uint8)).save(extra / "smaller_than_crop.png")
+    return folder
+
+
+def test_decode_image_handles_modes_and_names_bad_files(messy_folder):
+    extra = messy_folder / "class0"
+    sixteen = decode_image(str(extra / "sixteen_bit.png"))
+    assert sixteen.mode == "RGB" and 100 < np.asarray(sixteen).mean() < 155  # rescaled, not clipped to white
+    assert decode_image(str(extra / "rgba.png")).mode == "RGB"
+    with pytest.raises(BadImageError, match="truncated.png"):
+        decode_image(str(extra / "truncated.png"))
+    with pytest.raises(BadImageError, match="corrupt.jpg"):
+        decode_image({"path": str(extra / "corrupt.jpg"), "bytes": (extra / "corrupt.jpg").read_bytes()})
+
+
+@pytest.mark.slow
+def test_bad_images_are_skipped_or_fatal_with_strict_data(messy_folder, tiny_config, tmp_path, caplog):
+    args = run_args(messy_folder, tiny_config, tmp_path / "lenient", "--max_steps", "8", "--per_device_train_batch_size", "8", "--save_strategy", "no")
+    assert run_pretraining.main(args) == 0
+    warnings = [r.getMessage() for r in caplog.records if "Cannot read image" in r.getMessage()]
+    assert len(warnings) == 1 and ("corrupt.jpg" in warnings[0] or "truncated.png" in warnings[0])
+    strict = run_args(messy_folder, tiny_config, tmp_path / "strict", "--max_steps", "8", "--per_device_train_batch_size", "8", "--strict_data")
+    with pytest.raises(ValueError, match=r"Cannot read image .*(corrupt\.jpg|truncated\.png).*--strict_data"):
+        run_pretraining.main(strict)
+
+
+def test_empty_folder_and_bad_arguments(tiny_config, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No images found"):
+        run_pretraining.main(run_args(tmp_path / "empty", tiny_config, tmp_path / "out", "--max_steps", "1"))
+    with pytest.raises(ValueError, match="--method must be one of"):
+        run_pretraining.main(["--method", "jpeg", "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="neither a preset"):
+        run_pretraining.main(["--model", "vit-enormous", "--output_dir", str(tmp_path / "o")])
+
+
+def script_env(**extra):
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_resumable_checkpoint(fashion_folder, tiny_config, tmp_path):
+    output = tmp_path / "run"
+    args = run_args(fashion_folder, tiny_config, output, "--max_steps", "100000", "--save_steps", "100000")
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *args], env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    log = []
+    for line in process.stdout:  # wait until training is under way
+        log.append(line)
+        if "'loss'" in line or time.time() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=240)
+    assert process.returncode == 143, "".join(log) + rest
+    checkpoints = list(output.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and "Resume with --resume_from_checkpoint" in rest
+    step = int(checkpoints[0].name.split("-")[1])
+    resumed = run_args(fashion_folder, tiny_config, output, "--max_steps", str(step + 2), "--save_steps", "100000",
+                       "--resume_from_checkpoint", str(checkpoints[0]))
+    assert run_pretraining.main(resumed) == 0
+    assert json.loads((output / "train_results.json").read_text())["global_step"] == step + 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(fashion_folder, tiny_config, tmp_path):
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", str(SCRIPT),
+               *run_args(fashion_folder, tiny_config, output, "--max_steps", "3", "--save_steps", "3", "--ddp_backend", "gloo")]
+    result = subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "weights identical across 2 processes" in result.stdout
+    state = json.loads((output / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and (output / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_push_to_loopback_hub_and_failed_push_keeps_local_output(fashion_folder, tiny_config, tmp_path):
+    from hub_server import LocalHub
+
+    hub = LocalHub().start()
+    try:
+        env = script_env(HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="0", HF_TOKEN="hf_local_test_token", HF_HUB_DISABLE_XET="1",
+                         HF_HOME=str(tmp_path / "hf_home"))
+        base = run_args(fashion_folder, tiny_config, tmp_path / "pushed", "--max_steps", "2", "--push_to_hub", "--hub_model_id", "org/mfm-test")
+        result = subprocess.run([sys.executable, str(SCRIPT), *base], env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        files = hub.repos["org/mfm-test"]["files"]
+        assert {"model.safetensors", "README.md", "loss_curve.png", "reconstructions.png", "preprocessor_config.json"} <= set(files)
+        assert not any(name.startswith("checkpoint-") for name in files)
+
+        hub.fail_commits = True
+        failing = run_args(fashion_folder, tiny_config, tmp_path / "failed", "--max_steps", "2", "--push_to_hub", "--hub_model_id", "org/mfm-fail")
+        result = subprocess.run([sys.executable, str(SCRIPT), *failing], env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 1 and "Upload to org/mfm-fail failed" in result.stdout
+        assert isinstance(MFMViTModel.from_pretrained(tmp_path / "failed"), MFMViTModel)
+        assert (tmp_path / "failed" / "README.md").exists()
+    finally:
+        hub.stop()

@@ -1,0 +1,344 @@
+#!/usr/bin/env python
+"""Pre-train an MFM backbone (MFM or the SR / deblur / denoise baselines) with the Trainer.
+
+    python training/run_pretraining.py training/configs/quickstart.yaml
+    python training/run_pretraining.py --model vit-base-patch16-224 --train_dir /data/imagenet/train \
+        --output_dir outputs/mfm-vit-b --per_device_train_batch_size 128 --bf16 --num_train_epochs 300
+    torchrun --nproc_per_node 8 training/run_pretraining.py ...   # or: accelerate launch ...
+
+Arguments are transformers' `TrainingArguments` plus the model and data arguments below; a
+single YAML or JSON file with the same keys works too. The MFM recipe is the default
+(AdamW betas 0.9/0.95, weight decay 0.05 without decay on norms, biases, position
+embedding and cls token, grad clip 3.0, cosine schedule with warmup down to lr/120, lr
+3e-4 per 512 images). Masking runs batched on the device inside the model.
+
+At the end the output directory holds the pre-trained **backbone** (``MFM*Model``, loadable by
+`AutoModel` / `AutoBackbone`) with its image processor, a model card, ``loss_curve.png`` and
+``reconstructions.png``; the Trainer's ``checkpoint-*`` folders keep the full pre-training
+model for resuming (``--resume_from_checkpoint``).
+"""
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import transformers
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+import mfm_hub
+from mfm_hub import data as mfm_data
+from mfm_hub.configuration_mfm import PRESETS, config_from_preset
+from mfm_hub.model_card import write_model_card
+from mfm_hub.visualization import plot_loss_curve, reconstruction_grid
+
+logger = logging.getLogger("run_pretraining")
+
+METHODS = {
+    "mfm": ("MFM", "masked frequency modeling: each image is low- or high-pass filtered with a circle mask in its "
+                   "2-D spectrum and the model predicts the removed frequencies (frequency loss on them only)"),
+    "informed": ("MFM with informed masks", "FOLK's Com/RCom filters (keep or remove the highest-magnitude "
+                                            "frequencies of each image) with the MFM reconstruction loss"),
+    "sr": ("SR", "super-resolution: bicubic down x8 and up, the model restores the image (loss on all frequencies)"),
+    "deblur": ("Deblur", "deblurring: Gaussian blur (sigma 5, kernel 7-21), the model restores the image"),
+    "denoise": ("Denoise", "denoising: Gaussian noise (sigma 75/255), the model restores the image"),
+}
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(default="vit-tiny-patch4-32", metadata={"help": f"a preset ({', '.join(sorted(PRESETS))}), a config.json, or a checkpoint folder to continue from"})
+    method: str = field(default="mfm", metadata={"help": f"pre-training objective: {', '.join(METHODS)}"})
+    image_size: Optional[int] = field(default=None, metadata={"help": "training crop size (default: the model's)"})
+    mask_radius: Optional[float] = field(default=None, metadata={"help": "MFM circle radius in spectrum pixels of a 224-px image (16)"})
+    low_pass_prob: Optional[float] = field(default=None, metadata={"help": "probability of a low-pass mask (0.5 ViT, 0.3 ResNet)"})
+    sr_factor: Optional[int] = field(default=None, metadata={"help": "SR down-sampling factor (8)"})
+    blur_sigma: Optional[float] = field(default=None, metadata={"help": "deblur Gaussian sigma (5)"})
+    noise_sigma: Optional[float] = field(default=None, metadata={"help": "denoise noise sigma on [0, 1] images (75/255)"})
+    drop_path_rate: Optional[float] = field(default=None, metadata={"help": "stochastic depth (0 in MFM)"})
+
+
+@dataclass
+class DataArguments:
+    train_dir: Optional[str] = field(default=None, metadata={"help": "an image folder (class sub-folders optional)"})
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "a `datasets` dataset (needs a reachable Hub)"})
+    dataset_config_name: Optional[str] = field(default=None)
+    image_column: Optional[str] = field(default=None, metadata={"help": "image column (default: the first Image feature)"})
+    streaming: bool = field(default=False, metadata={"help": "stream the dataset instead of downloading it (set --max_steps)"})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "use only the first N images"})
+    min_crop_scale: float = field(default=0.2, metadata={"help": "RandomResizedCrop minimum area (0.2)"})
+    strict_data: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of skipping it"})
+    num_figure_images: int = field(default=6, metadata={"help": "images in reconstructions.png"})
+
+
+@dataclass
+class PretrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the MFM recipe as defaults."""
+
+    output_dir: str = field(default="outputs/mfm-pretraining")
+    learning_rate: Optional[float] = field(default=None, metadata={"help": "peak lr; default: --base_learning_rate scaled by batch/512"})
+    base_learning_rate: float = field(default=3e-4, metadata={"help": "peak lr per 512 images (official 3e-4)"})
+    adam_beta2: float = field(default=0.95)
+    weight_decay: float = field(default=0.05)
+    max_grad_norm: float = field(default=3.0)
+    lr_scheduler_type: str = field(default="cosine_with_min_lr")
+    warmup_steps: float = field(default=20 / 300, metadata={"help": "warmup steps, or a fraction of the run (20 of 300 epochs)"})
+    logging_steps: float = field(default=10)
+    save_steps: float = field(default=500)
+    save_total_limit: Optional[int] = field(default=2)
+    remove_unused_columns: bool = field(default=False)
+
+    def __post_init__(self):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.cuda.is_available():
+            # accelerate only runs multi-process CPU training (gloo DDP) with use_cpu; without it each
+            # process launched by torchrun would silently train its own copy
+            self.use_cpu = True
+        if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
+            self.lr_scheduler_kwargs = {"min_lr_rate": MIN_LR_RATE}
+        super().__post_init__()
+
+
+#: The official schedule ends at min_lr 2.5e-6 for a peak of 3e-4 (both scaled with the batch).
+MIN_LR_RATE = 2.5e-6 / 3e-4
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class MFMPretrainingTrainer(Trainer):
+    """Trainer with the MFM weight-decay split and a stop on a non-finite loss (before the
+    optimizer step, so no checkpoint ever holds the damage)."""
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [
+            name for name, param in model.named_parameters()
+            if param.ndim > 1 and not name.endswith(("pos_embed", "cls_token"))
+        ]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            last = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+            raise NonFiniteLossError(
+                f"The loss became {loss.item()} at step {self.state.global_step + 1}; stopped before updating the "
+                f"weights. Last good checkpoint: {last[-1] if last else 'none saved yet'}. Lower the learning rate, "
+                "use bf16 instead of fp16, or check the data for NaN pixels."
+            )
+        return loss
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the dataset which epoch it is, so every epoch draws new crops."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(mfm_data.epoch_of(state.epoch))
+
+
+class SaveOnSigterm(TrainerCallback):
+    """On SIGTERM, finish the current step, save a checkpoint and stop (resumable)."""
+
+    def __init__(self):
+        self.received = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def build_model(model_args: ModelArguments):
+    overrides = {
+        key: value for key, value in {
+            "corruption": model_args.method,
+            "image_size": model_args.image_size,
+            "mask_radius": model_args.mask_radius,
+            "low_pass_prob": model_args.low_pass_prob,
+            "sr_factor": model_args.sr_factor,
+            "blur_sigma": model_args.blur_sigma,
+            "noise_sigma": model_args.noise_sigma,
+            "drop_path_rate": model_args.drop_path_rate,
+        }.items() if value is not None
+    }
+    if model_args.method not in METHODS:
+        raise ValueError(f"--method must be one of {list(METHODS)}, got {model_args.method!r}.")
+    source = Path(model_args.model)
+    if model_args.model in PRESETS:
+        config = config_from_preset(model_args.model, **overrides)
+    elif source.is_dir():
+        config = transformers.AutoConfig.from_pretrained(source, **overrides)
+        return transformers.AutoModelForPreTraining.from_pretrained(source, config=config)
+    elif source.suffix == ".json" and source.is_file():
+        config = transformers.AutoConfig.from_pretrained(source, **overrides)
+    else:
+        raise ValueError(f"--model {model_args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config.json nor a checkpoint folder.")
+    return transformers.AutoModelForPreTraining.from_config(config)
+
+
+def build_dataset(data_args: DataArguments, image_size: int, seed: int):
+    dataset, column = mfm_data.load_image_dataset(
+        data_args.train_dir, data_args.dataset_name, data_args.dataset_config_name,
+        streaming=data_args.streaming, image_column=data_args.image_column,
+    )
+    if data_args.max_train_samples is not None:
+        dataset = dataset.take(data_args.max_train_samples) if data_args.streaming else dataset.select(range(min(len(dataset), data_args.max_train_samples)))
+    transform = mfm_data.pretraining_transform(image_size, data_args.min_crop_scale)
+    wrapper = mfm_data.StreamingPretrainingImages if data_args.streaming else mfm_data.PretrainingImages
+    return wrapper(dataset, column, transform, seed), dataset, column
+
+
+def figure_batch(dataset, column: str, config, count: int) -> torch.Tensor:
+    """The first ``count`` readable images, resized (no augmentation) and in [0, 1]."""
+    processor = mfm_hub.image_processor_for_config(config, do_normalize=False)
+    images = []
+    for example in dataset:
+        try:
+            images.append(mfm_data.decode_image(example[column]))
+        except mfm_data.BadImageError:
+            continue
+        if len(images) == count:
+            break
+    return processor(images, return_tensors="pt")["pixel_values"]
+
+
+def check_ranks_agree(model) -> None:
+    """Under DDP, confirm every process ends with the same weights (a cheap checksum)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    with torch.no_grad():
+        checksum = sum(p.double().sum().item() + p.double().pow(2).sum().item() for p in model.parameters())
+    checksums = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(checksums, checksum)
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"Processes ended with different weights: checksums {checksums}.")
+    logger.info("Weights identical across %d processes (checksum %.6e).", len(checksums), checksum)
+    print(f"weights identical across {len(checksums)} processes")
+
+
+def describe_hardware(args: TrainingArguments) -> str:
+    if args.device.type == "cuda":
+        device = torch.cuda.get_device_name(args.device)
+    else:
+        device = f"CPU ({os.cpu_count()} cores)"
+    return f"{args.world_size} x {device}"
+
+
+def export(trainer, model_args, data_args, args, dataset, column, wall_time: float) -> Path:
+    """Save the backbone, processor, figures and model card into ``args.output_dir``."""
+    model = trainer.model
+    config = model.config
+    output = Path(args.output_dir)
+    backbone = model.base_model
+    backbone.save_pretrained(output)
+    plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", title=f"{METHODS[config.corruption][0]} pre-training")
+    pixels = figure_batch(dataset, column, config, data_args.num_figure_images)
+    reconstruction_grid(model, pixels, output / "reconstructions.png", generator=torch.Generator(model.device).manual_seed(args.seed))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    dataset_id = data_args.dataset_name or ("imagefolder" if data_args.train_dir else "fashion_mnist")
+    total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    recipe = (
+        f"AdamW (betas {args.adam_beta1}/{args.adam_beta2}, weight decay {args.weight_decay}), peak lr {args.learning_rate:.3g} "
+        f"({args.lr_scheduler_type}, warmup {args.warmup_steps}), batch {total_batch}, {trainer.state.global_step} steps, "
+        f"grad clip {args.max_grad_norm}, {precision}, seed {args.seed}"
+    )
+    write_model_card(output, "pretrained.md", backbone, {
+        "model_name": args.hub_model_id or output.name,
+        "dataset_id": dataset_id,
+        "dataset_name": "Fashion-MNIST (Debian package dataset-fashion-mnist)" if dataset_id == "fashion_mnist" else (data_args.dataset_name or data_args.train_dir),
+        "num_images": str(len(dataset)) if hasattr(dataset, "__len__") else "streamed",
+        "image_size": str(config.image_size),
+        "method_name": METHODS[config.corruption][0],
+        "method_description": METHODS[config.corruption][1],
+        "recipe": recipe,
+        "hardware": describe_hardware(args),
+        "wall_time": f"{wall_time / 60:.1f} min",
+        "final_loss": f"{losses[-1]:.4f}",
+        "first_loss": f"{losses[0]:.4f}",
+    })
+    return output
+
+
+def push_outputs(output: Path, repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(output), ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**"],
+                      commit_message="Upload MFM pre-trained backbone")
+
+
+def parse_arguments(argv: list[str]):
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    model_args, data_args, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    push_to = args.hub_model_id if args.push_to_hub else None
+    if args.push_to_hub and not push_to:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/mfm-vit-small).")
+    args.push_to_hub = False  # we upload the exported backbone ourselves, once, at the end
+    if args.learning_rate is None:
+        total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        args.learning_rate = args.base_learning_rate * total_batch / 512
+    set_seed(args.seed)
+
+    model = build_model(model_args)
+    train_images, raw_dataset, column = build_dataset(data_args, model.config.image_size, args.seed)
+    collator = mfm_data.PretrainingCollator(strict=data_args.strict_data)
+    sigterm = SaveOnSigterm()
+    trainer = MFMPretrainingTrainer(
+        model=model, args=args, train_dataset=train_images, data_collator=collator,
+        callbacks=[EpochCallback(train_images), sigterm],
+    )
+    started = time.time()
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    wall_time = time.time() - started
+    if collator.num_skipped:
+        logger.warning("Skipped %d unreadable images in total.", collator.num_skipped)
+    if sigterm.received:
+        print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {args.output_dir}. "
+              f"Resume with --resume_from_checkpoint {args.output_dir}/checkpoint-{trainer.state.global_step}")
+        return 143
+    check_ranks_agree(trainer.model)
+    if not trainer.is_world_process_zero():
+        return 0
+    output = export(trainer, model_args, data_args, args, raw_dataset, column, wall_time)
+    (output / "train_results.json").write_text(json.dumps({"global_step": trainer.state.global_step, "wall_time_s": round(wall_time, 1),
+                                                            "log_history": trainer.state.log_history}, indent=1))
+    print(f"\nPre-trained backbone, image processor and model card: {output.resolve()}")
+    print(f"Figures: {(output / 'loss_curve.png').resolve()} and {(output / 'reconstructions.png').resolve()}")
+    if push_to:
+        try:
+            push_outputs(output, push_to)
+        except Exception as error:  # report any upload failure; the local output is already complete
+            print(f"Upload to {push_to} failed ({type(error).__name__}: {error}). The local output in {output} is "
+                  f"complete; upload it later with `hf upload {push_to} {output}`.")
+            return 1
+        print(f"Pushed to {push_to}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
