@@ -4,6 +4,7 @@ machine's measured matmul peak, and the share of the step spent in masking + los
 
     python benchmarks/pretrain_throughput.py                       # the README's CPU table
     python benchmarks/pretrain_throughput.py --models vit-base-patch16-224 --batch-size 128 --dtypes bf16
+    python benchmarks/pretrain_throughput.py --objectives mfm folk     # FOLK / MFM step time and memory ratios
 
 One training step = forward (corruption, encoder, decoder, frequency loss) + backward +
 AdamW update. FLOPs are counted by `torch.utils.flop_counter` on one step (matmuls and
@@ -11,6 +12,9 @@ convolutions; FFTs are not counted, so the figure is a slight under-estimate). T
 peak is the best of a few large square matmuls in the same dtype on the same device.
 Masking + loss is timed separately on the same batch (corrupt + normalise + frequency loss
 on a stand-in reconstruction) and reported as a share of the full step.
+
+A FOLK step takes the same number of images, as two views each (so the student encodes 2x
+the images, the teacher encodes them too) and includes the teacher's EMA update.
 """
 
 import argparse
@@ -23,9 +27,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mfm_hub import config_from_preset
+from mfm_hub import FOLKResNetForPreTraining, FOLKViTForPreTraining, config_from_preset
 from mfm_hub.modeling_common import corrupt, normalize, reconstruction_loss
 from transformers import AutoModelForPreTraining
+
+FOLK_MODELS = {"mfm_vit": FOLKViTForPreTraining, "mfm_resnet": FOLKResNetForPreTraining}
 
 DEFAULT_MODELS = ["vit-small-patch16-224", "resnet50", "vit-tiny-patch4-32"]
 
@@ -60,25 +66,31 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's peak RSS, KiB -> MiB
 
 
-def benchmark(name, dtype_name, batch_size, device, steps, compile_model):
-    config = config_from_preset(name)
-    model = AutoModelForPreTraining.from_config(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+def benchmark(name, dtype_name, batch_size, device, steps, compile_model, objective="mfm"):
+    is_folk = objective == "folk"
+    config = config_from_preset(name, **({"corruption": "informed"} if is_folk else {}))
+    model = (FOLK_MODELS[config.model_type](config) if is_folk else AutoModelForPreTraining.from_config(config)).to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype_name]
-    pixels = torch.rand(batch_size, 3, config.image_size, config.image_size, device=device)
+    views = (2,) if is_folk else ()
+    pixels = torch.rand(batch_size, *views, 3, config.image_size, config.image_size, device=device)
     step_model = torch.compile(model) if compile_model else model
 
     def step():
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = step_model(pixels).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 3.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if is_folk:
+            model.update_teacher(0.996)
 
     def masking_and_loss():
-        corrupted, mask = corrupt(pixels, config)
-        target = normalize(pixels, config)
+        images = pixels.flatten(0, 1) if is_folk else pixels
+        corrupted, mask = corrupt(images, config)
+        target = normalize(images, config)
         reconstruction_loss(normalize(corrupted, config), target, mask, config)
 
     for _ in range(2):
@@ -92,6 +104,7 @@ def benchmark(name, dtype_name, batch_size, device, steps, compile_model):
     masking_seconds = timed(masking_and_loss, device, steps)
     return {
         "model": name,
+        "objective": objective,
         "dtype": dtype_name,
         "image_size": config.image_size,
         "batch": batch_size,
@@ -103,9 +116,10 @@ def benchmark(name, dtype_name, batch_size, device, steps, compile_model):
     }
 
 
-def run_isolated(name, dtype_name, batch, steps, compile_model):
+def run_isolated(name, dtype_name, batch, steps, compile_model, objective):
     """Each configuration runs in a fresh process so that peak memory is its own."""
-    command = [sys.executable, __file__, "--single", name, dtype_name, str(batch), "--steps", str(steps)] + (["--compile"] if compile_model else [])
+    command = [sys.executable, __file__, "--single", name, dtype_name, str(batch), "--steps", str(steps), "--objectives", objective]
+    command += ["--compile"] if compile_model else []
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -117,6 +131,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU (64 for 32-px models), 128 on GPU")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--objectives", nargs="+", default=["mfm"], choices=["mfm", "folk"], help="with both, FOLK/MFM ratios are printed too")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--single", nargs=3, metavar=("MODEL", "DTYPE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,7 +139,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.single:
         name, dtype_name, batch = args.single
-        print(json.dumps(benchmark(name, dtype_name, int(batch), device, args.steps, args.compile)))
+        print(json.dumps(benchmark(name, dtype_name, int(batch), device, args.steps, args.compile, args.objectives[0])))
         return
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {where}; torch {torch.__version__}")
@@ -134,18 +149,30 @@ def main():
         peaks[dtype_name] = matmul_peak(device, dtype, 8192 if device.type == "cuda" else 1024)
         print(f"measured matmul peak ({dtype_name}): {peaks[dtype_name] / 1e12:.3f} TFLOP/s")
     rows = []
-    print(f"| model | dtype | px | batch | img/s | step ms | TFLOP/s | % of matmul peak | peak MiB | masking + loss |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | objective | dtype | px | batch | img/s | step ms | TFLOP/s | % of matmul peak | peak MiB | masking + loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    ratios = []
     for name in args.models:
         for dtype_name in args.dtypes:
             small = config_from_preset(name).image_size <= 64
             batch = args.batch_size or (128 if device.type == "cuda" else 64 if small else 8)
-            row = run_isolated(name, dtype_name, batch, args.steps, args.compile)
-            row["share_of_matmul_peak"] = row["tflops_per_s"] * 1e12 / peaks[dtype_name]
-            rows.append(row)
-            print(f"| {name} | {dtype_name} | {row['image_size']} | {batch} | {row['images_per_s']:.1f} | {row['step_ms']:.0f} | "
-                  f"{row['tflops_per_s']:.3f} | {100 * row['share_of_matmul_peak']:.0f}% | {row['peak_memory_mb']:.0f} | "
-                  f"{100 * row['masking_and_loss_share']:.1f}% |", flush=True)
+            measured = {}
+            for objective in args.objectives:
+                row = run_isolated(name, dtype_name, batch, args.steps, args.compile, objective)
+                row["share_of_matmul_peak"] = row["tflops_per_s"] * 1e12 / peaks[dtype_name]
+                rows.append(row)
+                measured[objective] = row
+                print(f"| {name} | {objective} | {dtype_name} | {row['image_size']} | {batch} | {row['images_per_s']:.1f} | {row['step_ms']:.0f} | "
+                      f"{row['tflops_per_s']:.3f} | {100 * row['share_of_matmul_peak']:.0f}% | {row['peak_memory_mb']:.0f} | "
+                      f"{100 * row['masking_and_loss_share']:.1f}% |", flush=True)
+            if {"mfm", "folk"} <= measured.keys():
+                ratios.append((name, dtype_name, measured["folk"]["step_ms"] / measured["mfm"]["step_ms"],
+                               measured["folk"]["peak_memory_mb"] / measured["mfm"]["peak_memory_mb"]))
+    if ratios:
+        print("\n| model | dtype | FOLK / MFM step time | FOLK / MFM peak memory |")
+        print("|---|---|---|---|")
+        for name, dtype_name, time_ratio, memory_ratio in ratios:
+            print(f"| {name} | {dtype_name} | {time_ratio:.2f}x | {memory_ratio:.2f}x |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"device": where, "matmul_peak_flops": peaks, "rows": rows}, handle, indent=1)

@@ -15,6 +15,7 @@ from . import frequency
 from .configuration_mfm import PRESETS, MFMResNetConfig, MFMViTConfig, config_from_preset
 from .image_processing import image_processor_for_config
 from .modeling_common import MFMPreTrainingOutput
+from .modeling_folk import FOLKPreTrainingOutput, FOLKResNetForPreTraining, FOLKViTForPreTraining
 from .modeling_mfm_resnet import (
     MFMResNetBackbone,
     MFMResNetForImageClassification,
@@ -39,6 +40,9 @@ for _config, _family in (
         _auto.register(_config, _model, exist_ok=True)
 
 __all__ = [
+    "FOLKPreTrainingOutput",
+    "FOLKResNetForPreTraining",
+    "FOLKViTForPreTraining",
     "PRESETS",
     "MFMPreTrainingOutput",
     "MFMResNetBackbone",

@@ -44,6 +44,16 @@ class MFMConfigBase(PreTrainedConfig):
     loss_gamma, focal_weighting, focal_matrix_gamma, focal_log_matrix, focal_batch_matrix:
         options of the focal frequency loss; MFM uses gamma 1 and no weighting.
     initializer_range (`float`): std of the truncated-normal init of linear layers.
+    folk_head_hidden_dim, folk_head_bottleneck_dim, folk_head_output_dim (`int`): FOLK's
+        projection head (DINO-style MLP -> L2-normalised bottleneck -> prototypes).
+    folk_student_temperature, folk_teacher_temperature (`float`): softmax temperatures (0.1, 0.04).
+    folk_center_momentum (`float`): EMA momentum of the teacher-output centre (0.9).
+    folk_ema_momentum (`float`): teacher EMA momentum at the start, raised to 1.0 on a cosine
+        schedule over the run (0.996).
+    folk_distillation_weight, folk_reconstruction_weight (`float`): loss weights (1, 1).
+    folk_export (`str`): which encoder a FOLK run exports, ``"teacher"`` or ``"student"``.
+    The FOLK values are this project's documented defaults: the paper leaves them open
+    (see docs/FOLK.md).
     """
 
     image_size: int = 224
@@ -67,6 +77,16 @@ class MFMConfigBase(PreTrainedConfig):
     focal_log_matrix: bool = False
     focal_batch_matrix: bool = False
     initializer_range: float = 0.02
+    folk_head_hidden_dim: int = 2048
+    folk_head_bottleneck_dim: int = 256
+    folk_head_output_dim: int = 4096
+    folk_student_temperature: float = 0.1
+    folk_teacher_temperature: float = 0.04
+    folk_center_momentum: float = 0.9
+    folk_ema_momentum: float = 0.996
+    folk_distillation_weight: float = 1.0
+    folk_reconstruction_weight: float = 1.0
+    folk_export: str = "teacher"
 
     def __post_init__(self, **kwargs):
         _check(isinstance(self.image_size, int) and self.image_size > 0, f"`image_size` must be a positive int, got {self.image_size!r}.")
@@ -104,6 +124,17 @@ class MFMConfigBase(PreTrainedConfig):
         )
         _check(self.noise_sigma > 0, f"`noise_sigma` must be > 0, got {self.noise_sigma!r}.")
         _check(self.loss_gamma > 0, f"`loss_gamma` must be > 0, got {self.loss_gamma!r}.")
+        for name in ("folk_head_hidden_dim", "folk_head_bottleneck_dim", "folk_head_output_dim"):
+            _check(getattr(self, name) >= 1, f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
+        for name in ("folk_student_temperature", "folk_teacher_temperature"):
+            _check(getattr(self, name) > 0, f"`{name}` must be > 0, got {getattr(self, name)!r}.")
+        for name in ("folk_center_momentum", "folk_ema_momentum"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"`{name}` must be in [0, 1], got {getattr(self, name)!r}.")
+        _check(
+            self.folk_distillation_weight >= 0 and self.folk_reconstruction_weight >= 0,
+            "FOLK loss weights must be >= 0.",
+        )
+        _check(self.folk_export in ("teacher", "student"), f"`folk_export` must be 'teacher' or 'student', got {self.folk_export!r}.")
         super().__post_init__(**kwargs)
 
 

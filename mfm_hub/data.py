@@ -155,23 +155,27 @@ def load_image_dataset(
 # --------------------------------------------------------------------------------------
 
 
-def pretraining_transform(image_size: int, min_crop_scale: float = 0.2) -> T.Compose:
+def pretraining_transform(image_size: int, min_crop_scale: float = 0.2, color_jitter: bool = False) -> T.Compose:
     """The MFM input pipeline: RandomResizedCrop (bicubic), horizontal flip, to [0, 1]
-    floats. No normalisation: the model corrupts first and normalises after."""
+    floats. No normalisation: the model corrupts first and normalises after. FOLK's views add
+    colour jitter (DINO's: brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1 with p 0.8,
+    grayscale with p 0.2)."""
     if not 0.0 < min_crop_scale <= 1.0:
         raise ValueError(f"`min_crop_scale` must be in (0, 1], got {min_crop_scale!r}.")
-    return T.Compose([
+    steps = [
         T.RandomResizedCrop(image_size, scale=(min_crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
         T.RandomHorizontalFlip(),
-        T.PILToTensor(),
-        T.ToDtype(torch.float32, scale=True),
-    ])
+    ]
+    if color_jitter:
+        steps += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
+    return T.Compose(steps + [T.PILToTensor(), T.ToDtype(torch.float32, scale=True)])
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A per-sample seed: augmentations depend only on (seed, epoch, sample index), never
-    on the global RNG, so resuming, DDP and worker processes all see the same crops."""
-    return (seed * 1_000_003 + epoch * 998_244_353 + index) % (2**63 - 1)
+def sample_seed(seed: int, epoch: int, index: int, view: int = 0) -> int:
+    """A per-sample (and per-view) seed: augmentations depend only on (seed, epoch, sample
+    index, view), never on the global RNG, so resuming, DDP and worker processes all see
+    the same crops."""
+    return (((seed * 1_000_003 + epoch) * 998_244_353 + index) * 4 + view) % (2**63 - 1)
 
 
 def augment(transform, image: Image.Image, seed: int) -> torch.Tensor:
@@ -182,11 +186,13 @@ def augment(transform, image: Image.Image, seed: int) -> torch.Tensor:
 
 class PretrainingImages(torch.utils.data.Dataset):
     """Map-style view of a `datasets` dataset that yields ``{"pixel_values": (C, H, W)}`` in
-    [0, 1], or ``{"bad_image": message}`` for an undecodable entry (the collator decides).
-    `set_epoch` is called by `EpochCallback` so every epoch draws new crops."""
+    [0, 1] (``(num_views, C, H, W)`` with several views), or ``{"bad_image": message}`` for an
+    undecodable entry (the collator decides). `set_epoch` is called by `EpochCallback` so
+    every epoch draws new crops."""
 
-    def __init__(self, dataset: datasets.Dataset, image_column: str, transform, seed: int = 0):
+    def __init__(self, dataset: datasets.Dataset, image_column: str, transform, seed: int = 0, num_views: int = 1):
         self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
+        self.num_views = num_views
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -196,15 +202,17 @@ class PretrainingImages(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return transform_entry(self.dataset[int(index)][self.image_column], self.transform, sample_seed(self.seed, self.epoch, int(index)))
+        seeds = [sample_seed(self.seed, self.epoch, int(index), view) for view in range(self.num_views)]
+        return transform_entry(self.dataset[int(index)][self.image_column], self.transform, seeds)
 
 
 class StreamingPretrainingImages(torch.utils.data.IterableDataset):
     """Iterable counterpart of `PretrainingImages` for ``--streaming`` datasets (seeded per
     position in the stream; exact resume is not guaranteed for streams)."""
 
-    def __init__(self, dataset: datasets.IterableDataset, image_column: str, transform, seed: int = 0):
+    def __init__(self, dataset: datasets.IterableDataset, image_column: str, transform, seed: int = 0, num_views: int = 1):
         self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
+        self.num_views = num_views
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -213,15 +221,18 @@ class StreamingPretrainingImages(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterable[dict]:
         for position, example in enumerate(self.dataset):
-            yield transform_entry(example[self.image_column], self.transform, sample_seed(self.seed, self.epoch, position))
+            seeds = [sample_seed(self.seed, self.epoch, position, view) for view in range(self.num_views)]
+            yield transform_entry(example[self.image_column], self.transform, seeds)
 
 
-def transform_entry(value, transform, seed: int) -> dict:
+def transform_entry(value, transform, seeds: list[int]) -> dict:
+    """Decode and augment one entry, one view per seed (a single view is not stacked)."""
     try:
         image = decode_image(value)
     except BadImageError as error:
         return {"bad_image": str(error)}
-    return {"pixel_values": augment(transform, image, seed)}
+    views = [augment(transform, image, seed) for seed in seeds]
+    return {"pixel_values": views[0] if len(views) == 1 else torch.stack(views)}
 
 
 class PretrainingCollator:

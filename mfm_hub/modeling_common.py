@@ -221,7 +221,7 @@ class MFMForPreTrainingMixin:
     encode to a stride-``s`` feature map -> linear decoder -> frequency loss.
 
     Subclasses provide ``encode_feature_map(normalized_pixels, output_hidden_states)``
-    returning ``(feature_map (B, D, H/s, W/s), hidden_states)`` and a ``decoder``.
+    returning ``(feature_map (B, D, H/s, W/s), encoder outputs)`` and a ``decoder``.
     """
 
     def forward(
@@ -243,7 +243,7 @@ class MFMForPreTrainingMixin:
         check_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride")
         check_unit_range(pixel_values)
         corrupted, frequency_mask = corrupt(pixel_values, self.config, generator, frequency_mask)
-        features, hidden_states = self.encode_feature_map(normalize(corrupted, self.config), output_hidden_states)
+        features, encoded = self.encode_feature_map(normalize(corrupted, self.config), output_hidden_states)
         reconstruction = self.decoder(features)
         loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), frequency_mask, self.config)
         output = MFMPreTrainingOutput(
@@ -251,6 +251,6 @@ class MFMForPreTrainingMixin:
             reconstruction=reconstruction,
             frequency_mask=frequency_mask,
             corrupted_pixel_values=corrupted,
-            hidden_states=hidden_states,
+            hidden_states=encoded.hidden_states,
         )
         return output if return_dict is not False else output.to_tuple()

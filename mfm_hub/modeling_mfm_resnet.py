@@ -127,7 +127,7 @@ class MFMResNetForPreTraining(MFMForPreTrainingMixin, MFMResNetPreTrainedModel):
 
     def encode_feature_map(self, pixel_values, output_hidden_states=None):
         outputs = self.mfm_resnet(pixel_values, output_hidden_states=output_hidden_states)
-        return outputs.last_hidden_state, outputs.hidden_states
+        return outputs.last_hidden_state, outputs
 
 
 class MFMResNetForImageClassification(MFMResNetPreTrainedModel):

@@ -177,7 +177,7 @@ class MFMViTForPreTraining(MFMForPreTrainingMixin, MFMViTPreTrainedModel):
     def encode_feature_map(self, pixel_values, output_hidden_states=None):
         outputs = self.mfm_vit(pixel_values, output_hidden_states=output_hidden_states)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
-        return tokens_to_map(outputs.last_hidden_state[:, 1:], grid), outputs.hidden_states
+        return tokens_to_map(outputs.last_hidden_state[:, 1:], grid), outputs
 
 
 class MFMViTForImageClassification(MFMViTPreTrainedModel):

@@ -23,6 +23,12 @@ def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre
     rates = [(entry["step"], entry["learning_rate"]) for entry in log_history if "learning_rate" in entry]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     ax.plot(*zip(*points), color="tab:blue", marker="." if len(points) < 50 else None, label="loss")
+    for term, color in (("reconstruction_loss", "tab:green"), ("distillation_loss", "tab:red")):
+        series = [(entry["step"], entry[term]) for entry in log_history if term in entry and "step" in entry]
+        if series:
+            ax.plot(*zip(*series), color=color, linestyle="--", label=term.replace("_", " "))
+    if any("distillation_loss" in entry for entry in log_history):
+        ax.legend(fontsize=7, loc="upper right")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("frequency loss", color="tab:blue")
     ax.set_title(title)
@@ -39,23 +45,34 @@ def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre
 
 
 @torch.no_grad()
-def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, generator: Optional[torch.Generator] = None) -> Path:
-    """One row per image: input, corrupted input, reconstruction, and the spectra
-    (log magnitude) of the three, plus the frequency mask when there is one."""
+def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, generator: Optional[torch.Generator] = None,
+                        title: Optional[str] = None) -> Path:
+    """One row per image: input, corrupted input, reconstruction, and the spectra (log
+    magnitude) of the three, plus the frequency mask when there is one.
+
+    ``pixel_values`` are ``(N, C, H, W)`` images in [0, 1], or ``(N, 2, C, H, W)`` view pairs
+    for FOLK, shown as rows ``u_0, v_0, u_1, v_1, ...``.
+    """
     was_training = model.training
     model.eval()
     output = model(pixel_values.to(model.device), generator=generator)
     model.train(was_training)
     config = model.config
-    images = [pixel_values.cpu(), output.corrupted_pixel_values.float().cpu().clamp(0, 1),
-              denormalize(output.reconstruction.float().cpu(), config).clamp(0, 1)]
+    inputs = pixel_values.cpu()
+    order = torch.arange(inputs.shape[0])
+    if inputs.ndim == 5:  # outputs are view-major: all u, then all v; interleave the pairs
+        count = inputs.shape[0]
+        inputs = inputs.transpose(0, 1).reshape(-1, *inputs.shape[2:])
+        order = torch.stack([torch.arange(count), torch.arange(count) + count], dim=1).flatten()
+    images = [inputs[order], output.corrupted_pixel_values.float().cpu().clamp(0, 1)[order],
+              denormalize(output.reconstruction.float().cpu(), config).clamp(0, 1)[order]]
     titles = ["input", "corrupted input", "reconstruction", "input spectrum", "corrupted spectrum", "reconstruction spectrum"]
     spectra = [spectrum_image(image) for image in images]
     columns = images + spectra
     if output.frequency_mask is not None:
-        columns.append(output.frequency_mask[:, 0].float().cpu())
+        columns.append(output.frequency_mask[:, 0].float().cpu()[order])
         titles.append("kept frequencies")
-    rows = pixel_values.shape[0]
+    rows = order.numel()
     fig, axes = plt.subplots(rows, len(columns), figsize=(1.6 * len(columns), 1.6 * rows + 0.4), dpi=120, squeeze=False)
     for r in range(rows):
         for c, column in enumerate(columns):
@@ -69,7 +86,7 @@ def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, gen
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(titles[c], fontsize=7)
-    fig.suptitle(f"{config.corruption} pre-training: loss {output.loss.item():.3f} on these images", fontsize=8)
+    fig.suptitle(f"{title or config.corruption + ' pre-training'}: loss {output.loss.item():.3f} on these images", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -36,6 +36,7 @@ import mfm_hub
 from mfm_hub import data as mfm_data
 from mfm_hub.configuration_mfm import PRESETS, config_from_preset
 from mfm_hub.model_card import write_model_card
+from mfm_hub.modeling_folk import ema_momentum
 from mfm_hub.visualization import plot_loss_curve, reconstruction_grid
 
 logger = logging.getLogger("run_pretraining")
@@ -48,7 +49,10 @@ METHODS = {
     "sr": ("SR", "super-resolution: bicubic down x8 and up, the model restores the image (loss on all frequencies)"),
     "deblur": ("Deblur", "deblurring: Gaussian blur (sigma 5, kernel 7-21), the model restores the image"),
     "denoise": ("Denoise", "denoising: Gaussian noise (sigma 75/255), the model restores the image"),
+    "folk": ("FOLK", "FOLK: informed Com/RCom frequency masks on two augmented views; the student reconstructs the "
+                     "removed frequencies and matches an EMA teacher's output on the other, unfiltered view"),
 }
+FOLK_MODELS = {"mfm_vit": mfm_hub.FOLKViTForPreTraining, "mfm_resnet": mfm_hub.FOLKResNetForPreTraining}
 
 
 @dataclass
@@ -62,6 +66,12 @@ class ModelArguments:
     blur_sigma: Optional[float] = field(default=None, metadata={"help": "deblur Gaussian sigma (5)"})
     noise_sigma: Optional[float] = field(default=None, metadata={"help": "denoise noise sigma on [0, 1] images (75/255)"})
     drop_path_rate: Optional[float] = field(default=None, metadata={"help": "stochastic depth (0 in MFM)"})
+    folk_head_output_dim: Optional[int] = field(default=None, metadata={"help": "FOLK: prototypes of the projection head (4096)"})
+    folk_teacher_temperature: Optional[float] = field(default=None, metadata={"help": "FOLK: teacher softmax temperature (0.04)"})
+    folk_student_temperature: Optional[float] = field(default=None, metadata={"help": "FOLK: student softmax temperature (0.1)"})
+    folk_ema_momentum: Optional[float] = field(default=None, metadata={"help": "FOLK: initial teacher EMA momentum, cosine to 1 (0.996)"})
+    folk_distillation_weight: Optional[float] = field(default=None, metadata={"help": "FOLK: weight of the distillation loss (1)"})
+    folk_export: Optional[str] = field(default=None, metadata={"help": "FOLK: export the 'teacher' (default) or 'student' encoder"})
 
 
 @dataclass
@@ -113,8 +123,31 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class MFMPretrainingTrainer(Trainer):
-    """Trainer with the MFM weight-decay split and a stop on a non-finite loss (before the
-    optimizer step, so no checkpoint ever holds the damage)."""
+    """Trainer with the MFM weight-decay split, a stop on a non-finite loss (before the
+    optimizer step, so no checkpoint ever holds the damage), and, for FOLK, the two loss
+    terms logged beside the total (this process's mean since the last log)."""
+
+    LOSS_TERMS = ("reconstruction_loss", "distillation_loss")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
+        self._term_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if getattr(outputs, "distillation_loss", None) is not None and model.training:
+            for name in self.LOSS_TERMS:
+                self._term_sums[name] += getattr(outputs, name).item()
+            self._term_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and self._term_count:
+            logs.update({name: total / self._term_count for name, total in self._term_sums.items()})
+            self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
+            self._term_count = 0
+        super().log(logs, *args, **kwargs)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [
@@ -142,6 +175,16 @@ class EpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(mfm_data.epoch_of(state.epoch))
+
+
+class TeacherEMACallback(TrainerCallback):
+    """FOLK: after every optimizer step (so once per accumulated batch, and identically on
+    every DDP rank) move the teacher towards the student with the cosine momentum schedule.
+    The teacher and centre live in the model's state dict and the schedule position is the
+    Trainer's global step, so checkpoints restore all three."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        model.update_teacher(ema_momentum(state.global_step, state.max_steps, model.config.folk_ema_momentum))
 
 
 class SaveOnSigterm(TrainerCallback):
@@ -173,37 +216,52 @@ def build_model(model_args: ModelArguments):
             "blur_sigma": model_args.blur_sigma,
             "noise_sigma": model_args.noise_sigma,
             "drop_path_rate": model_args.drop_path_rate,
+            **{name: getattr(model_args, name) for name in (
+                "folk_head_output_dim", "folk_teacher_temperature", "folk_student_temperature",
+                "folk_ema_momentum", "folk_distillation_weight", "folk_export")},
         }.items() if value is not None
     }
     if model_args.method not in METHODS:
         raise ValueError(f"--method must be one of {list(METHODS)}, got {model_args.method!r}.")
+    is_folk = model_args.method == "folk"
+    if is_folk:
+        overrides["corruption"] = "informed"
     source = Path(model_args.model)
     if model_args.model in PRESETS:
         config = config_from_preset(model_args.model, **overrides)
     elif source.is_dir():
         config = transformers.AutoConfig.from_pretrained(source, **overrides)
+        if is_folk:
+            return FOLK_MODELS[config.model_type].from_pretrained(source, config=config)
         return transformers.AutoModelForPreTraining.from_pretrained(source, config=config)
     elif source.suffix == ".json" and source.is_file():
         config = transformers.AutoConfig.from_pretrained(source, **overrides)
     else:
         raise ValueError(f"--model {model_args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config.json nor a checkpoint folder.")
+    if is_folk:
+        return FOLK_MODELS[config.model_type](config)
     return transformers.AutoModelForPreTraining.from_config(config)
 
 
-def build_dataset(data_args: DataArguments, image_size: int, seed: int):
+def build_dataset(data_args: DataArguments, image_size: int, seed: int, two_views: bool = False):
+    """The training images; FOLK (``two_views``) gets two colour-jittered views per image."""
     dataset, column = mfm_data.load_image_dataset(
         data_args.train_dir, data_args.dataset_name, data_args.dataset_config_name,
         streaming=data_args.streaming, image_column=data_args.image_column,
     )
     if data_args.max_train_samples is not None:
         dataset = dataset.take(data_args.max_train_samples) if data_args.streaming else dataset.select(range(min(len(dataset), data_args.max_train_samples)))
-    transform = mfm_data.pretraining_transform(image_size, data_args.min_crop_scale)
+    transform = mfm_data.pretraining_transform(image_size, data_args.min_crop_scale, color_jitter=two_views)
     wrapper = mfm_data.StreamingPretrainingImages if data_args.streaming else mfm_data.PretrainingImages
-    return wrapper(dataset, column, transform, seed), dataset, column
+    return wrapper(dataset, column, transform, seed, num_views=2 if two_views else 1), dataset, column
 
 
-def figure_batch(dataset, column: str, config, count: int) -> torch.Tensor:
-    """The first ``count`` readable images, resized (no augmentation) and in [0, 1]."""
+def figure_batch(train_images, dataset, column: str, config, count: int, two_views: bool) -> torch.Tensor:
+    """``count`` images for the figure: the first readable ones resized without augmentation
+    (MFM), or the first training samples' two augmented views (FOLK)."""
+    if two_views:
+        samples = (train_images[i] for i in range(len(train_images)))
+        return torch.stack([s["pixel_values"] for s in samples if "pixel_values" in s][:count]) if count else None
     processor = mfm_hub.image_processor_for_config(config, do_normalize=False)
     images = []
     for example in dataset:
@@ -238,16 +296,19 @@ def describe_hardware(args: TrainingArguments) -> str:
     return f"{args.world_size} x {device}"
 
 
-def export(trainer, model_args, data_args, args, dataset, column, wall_time: float) -> Path:
+def export(trainer, model_args, data_args, args, train_images, dataset, column, wall_time: float) -> Path:
     """Save the backbone, processor, figures and model card into ``args.output_dir``."""
     model = trainer.model
     config = model.config
+    method = model_args.method
+    is_folk = method == "folk"
     output = Path(args.output_dir)
-    backbone = model.base_model
+    backbone = model.exported_backbone() if is_folk else model.base_model
     backbone.save_pretrained(output)
-    plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", title=f"{METHODS[config.corruption][0]} pre-training")
-    pixels = figure_batch(dataset, column, config, data_args.num_figure_images)
-    reconstruction_grid(model, pixels, output / "reconstructions.png", generator=torch.Generator(model.device).manual_seed(args.seed))
+    plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", title=f"{METHODS[method][0]} pre-training")
+    pixels = figure_batch(train_images, dataset, column, config, data_args.num_figure_images // (2 if is_folk else 1), is_folk)
+    reconstruction_grid(model, pixels, output / "reconstructions.png", generator=torch.Generator(model.device).manual_seed(args.seed),
+                        title=f"{METHODS[method][0]} pre-training")
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     dataset_id = data_args.dataset_name or ("imagefolder" if data_args.train_dir else "fashion_mnist")
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
@@ -263,8 +324,8 @@ def export(trainer, model_args, data_args, args, dataset, column, wall_time: flo
         "dataset_name": "Fashion-MNIST (Debian package dataset-fashion-mnist)" if dataset_id == "fashion_mnist" else (data_args.dataset_name or data_args.train_dir),
         "num_images": str(len(dataset)) if hasattr(dataset, "__len__") else "streamed",
         "image_size": str(config.image_size),
-        "method_name": METHODS[config.corruption][0],
-        "method_description": METHODS[config.corruption][1],
+        "method_name": METHODS[method][0],
+        "method_description": METHODS[method][1] + (f"; this is the {config.folk_export} encoder" if is_folk else ""),
         "recipe": recipe,
         "hardware": describe_hardware(args),
         "wall_time": f"{wall_time / 60:.1f} min",
@@ -305,12 +366,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     set_seed(args.seed)
 
     model = build_model(model_args)
-    train_images, raw_dataset, column = build_dataset(data_args, model.config.image_size, args.seed)
+    is_folk = model_args.method == "folk"
+    train_images, raw_dataset, column = build_dataset(data_args, model.config.image_size, args.seed, two_views=is_folk)
     collator = mfm_data.PretrainingCollator(strict=data_args.strict_data)
     sigterm = SaveOnSigterm()
     trainer = MFMPretrainingTrainer(
         model=model, args=args, train_dataset=train_images, data_collator=collator,
-        callbacks=[EpochCallback(train_images), sigterm],
+        callbacks=[EpochCallback(train_images), sigterm] + ([TeacherEMACallback()] if is_folk else []),
     )
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -324,7 +386,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     check_ranks_agree(trainer.model)
     if not trainer.is_world_process_zero():
         return 0
-    output = export(trainer, model_args, data_args, args, raw_dataset, column, wall_time)
+    output = export(trainer, model_args, data_args, args, train_images, raw_dataset, column, wall_time)
     (output / "train_results.json").write_text(json.dumps({"global_step": trainer.state.global_step, "wall_time_s": round(wall_time, 1),
                                                             "log_history": trainer.state.log_history}, indent=1))
     print(f"\nPre-trained backbone, image processor and model card: {output.resolve()}")

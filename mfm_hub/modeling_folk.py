@@ -1,0 +1,211 @@
+"""FOLK pre-training: informed (Com/RCom) frequency masking + self-distillation from an EMA teacher.
+
+For every image two augmented views ``u, v`` are made. The **student** (encoder + MFM decoder +
+projection head) sees the filtered views ``u~, v~``: it reconstructs their removed
+frequencies (the MFM loss) and its head output for ``u~`` is trained to match the
+**teacher**'s output for the *original* ``v`` (and ``v~`` to ``u``). The teacher (encoder +
+head, no decoder) is an exponential moving average of the student and never receives
+gradients. Head, temperatures, centring and the EMA schedule follow DINO; the paper does not
+publish them, so each is a config field (see ``docs/FOLK.md`` for what is known and chosen).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .modeling_common import check_pixel_values, check_unit_range, corrupt, normalize, reconstruction_loss
+from .modeling_mfm_resnet import MFMResNetForPreTraining
+from .modeling_mfm_vit import MFMViTForPreTraining
+
+
+@dataclass
+class FOLKPreTrainingOutput(ModelOutput):
+    """Output of the ``FOLK*ForPreTraining`` models; the view axis is flattened view-major:
+    rows ``0..B-1`` are the ``u`` views, rows ``B..2B-1`` the ``v`` views.
+
+    loss (`torch.FloatTensor`): ``w_rec * reconstruction_loss + w_dist * distillation_loss``.
+    reconstruction_loss, distillation_loss (`torch.FloatTensor`): the two terms.
+    reconstruction (`(2B, C, H, W)`): the student's prediction of the normalised views.
+    frequency_mask (`(2B, 1, H, W)`): the Com/RCom masks (shifted coordinates, 1 = kept).
+    corrupted_pixel_values (`(2B, C, H, W)`): the filtered views in [0, 1].
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    reconstruction_loss: Optional[torch.FloatTensor] = None
+    distillation_loss: Optional[torch.FloatTensor] = None
+    reconstruction: Optional[torch.FloatTensor] = None
+    frequency_mask: Optional[torch.FloatTensor] = None
+    corrupted_pixel_values: Optional[torch.FloatTensor] = None
+
+
+class ProjectionHead(nn.Module):
+    """DINO-style head: 3-layer MLP (GELU) -> L2-normalised bottleneck -> linear prototypes.
+    ``(N, in_dim) -> (N, output_dim)`` logits. (DINO weight-normalises the last layer; a
+    plain linear layer keeps the EMA a plain average of parameters.)"""
+
+    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, output_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        self.prototypes = nn.Linear(bottleneck_dim, output_dim, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.prototypes(F.normalize(self.mlp(features), dim=-1))
+
+
+def ema_momentum(step: int, total_steps: int, base: float) -> float:
+    """Teacher momentum after optimizer step ``step`` (1-based) of ``total_steps``: cosine from
+    ``base`` at the start to 1 at the end, ``1 - (1 - base) * (cos(pi * step / total) + 1) / 2``."""
+    progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def cross_view_distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric cross-view cross-entropy. Both inputs are ``(2B, K)``, view-major
+    (``u`` rows first): the student's ``u~`` rows are scored against the teacher's ``v`` rows
+    and ``v~`` against ``u``; the two halves are averaged."""
+    batch = student_logits.shape[0] // 2
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    swapped_teacher = torch.cat([teacher_probs[batch:], teacher_probs[:batch]])
+    return -(swapped_teacher * log_p).sum(dim=-1).mean()
+
+
+class FOLKForPreTrainingMixin:
+    """Adds the teacher, the two heads and the FOLK forward to an ``MFM*ForPreTraining``."""
+
+    _new_weight_prefixes = ("decoder.", "teacher.", "student_head.", "teacher_head.", "center")
+
+    def _add_folk_modules(self) -> None:
+        config = self.config
+        head = dict(in_dim=config.num_features, hidden_dim=config.folk_head_hidden_dim,
+                    bottleneck_dim=config.folk_head_bottleneck_dim, output_dim=config.folk_head_output_dim)
+        self.student_head = ProjectionHead(**head)
+        self.teacher = type(self.base_model)(config)
+        self.teacher_head = ProjectionHead(**head)
+        self.register_buffer("center", torch.zeros(1, config.folk_head_output_dim))
+        self.post_init()
+        self.reset_teacher()
+
+    def _teacher_student_pairs(self):
+        return [(self.teacher, self.base_model), (self.teacher_head, self.student_head)]
+
+    @torch.no_grad()
+    def reset_teacher(self) -> None:
+        """Teacher := student, frozen (it is only ever changed by `update_teacher`)."""
+        for teacher, student in self._teacher_student_pairs():
+            teacher.load_state_dict(student.state_dict())
+            teacher.requires_grad_(False)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """``teacher = momentum * teacher + (1 - momentum) * student`` for every parameter;
+        buffers (BatchNorm statistics) are the teacher's own."""
+        teacher_params, student_params = [], []
+        for teacher, student in self._teacher_student_pairs():
+            teacher_params += list(teacher.parameters())
+            student_params += [p.detach() for p in student.parameters()]
+        torch._foreach_mul_(teacher_params, momentum)
+        torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+
+    def exported_backbone(self):
+        """The encoder a FOLK run publishes (``config.folk_export``)."""
+        return self.teacher if self.config.folk_export == "teacher" else self.base_model
+
+    @torch.no_grad()
+    def _update_center(self, teacher_logits: torch.Tensor) -> None:
+        batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
+        count = torch.tensor([teacher_logits.shape[0]], device=teacher_logits.device, dtype=torch.float32)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(batch_sum)
+            torch.distributed.all_reduce(count)
+        momentum = self.config.folk_center_momentum
+        self.center.mul_(momentum).add_(batch_sum / count, alpha=1.0 - momentum)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Also starts FOLK from a plain MFM (or backbone) checkpoint: a checkpoint without a
+        teacher gets the loaded student as its teacher."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if any(key.startswith(("teacher.", "teacher_head.")) for key in info["missing_keys"]):
+            model.reset_teacher()
+        return (model, info) if output_loading_info else model
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        frequency_mask: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> FOLKPreTrainingOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, 2, channels, height, width)`):
+            two **un-normalised** augmented views (in [0, 1]) of every image.
+        frequency_mask (`(2 * batch, 1, height, width)`, *optional*): masks to use instead of
+            the sampled Com/RCom masks (view-major).
+        generator (`torch.Generator`, *optional*): seeds the masks.
+        """
+        if pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
+            raise ValueError(f"FOLK takes two views per image, pixel_values of shape (batch, 2, C, H, W); got {tuple(pixel_values.shape)}.")
+        config = self.config
+        views = pixel_values.transpose(0, 1).reshape(-1, *pixel_values.shape[2:])  # (2B, C, H, W): all u, then all v
+        check_pixel_values(views, config.num_channels, config.encoder_stride, "encoder stride")
+        check_unit_range(views)
+        corrupted, frequency_mask = corrupt(views, config, generator, frequency_mask)
+        features, student = self.encode_feature_map(normalize(corrupted, config))
+        reconstruction = self.decoder(features)
+        rec_loss = reconstruction_loss(reconstruction, normalize(views, config), frequency_mask, config)
+        student_logits = self.student_head(student.pooler_output)
+        with torch.no_grad():
+            teacher_logits = self.teacher_head(self.teacher(normalize(views, config)).pooler_output).float()
+            teacher_probs = F.softmax((teacher_logits - self.center) / config.folk_teacher_temperature, dim=-1)
+            if self.training:
+                self._update_center(teacher_logits)
+        dist_loss = cross_view_distillation_loss(student_logits, teacher_probs, config.folk_student_temperature)
+        loss = config.folk_reconstruction_weight * rec_loss + config.folk_distillation_weight * dist_loss
+        output = FOLKPreTrainingOutput(
+            loss=loss,
+            reconstruction_loss=rec_loss.detach(),
+            distillation_loss=dist_loss.detach(),
+            reconstruction=reconstruction,
+            frequency_mask=frequency_mask,
+            corrupted_pixel_values=corrupted,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class FOLKViTForPreTraining(FOLKForPreTrainingMixin, MFMViTForPreTraining):
+    """FOLK on the MFM ViT: the head reads the cls token (after the final norm)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._add_folk_modules()
+
+
+class FOLKResNetForPreTraining(FOLKForPreTrainingMixin, MFMResNetForPreTraining):
+    """FOLK on the MFM ResNet: the head reads the global-average-pooled stride-32 map."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._add_folk_modules()
+
+
+__all__ = [
+    "FOLKPreTrainingOutput",
+    "FOLKResNetForPreTraining",
+    "FOLKViTForPreTraining",
+    "ProjectionHead",
+    "cross_view_distillation_loss",
+    "ema_momentum",
+]
