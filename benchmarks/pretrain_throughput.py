@@ -26,10 +26,10 @@ import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForPreTraining
 
 from mfm_hub import FOLKResNetForPreTraining, FOLKViTForPreTraining, config_from_preset
 from mfm_hub.modeling_common import corrupt, normalize, reconstruction_loss
-from transformers import AutoModelForPreTraining
 
 FOLK_MODELS = {"mfm_vit": FOLKViTForPreTraining, "mfm_resnet": FOLKResNetForPreTraining}
 

@@ -12,10 +12,19 @@ from transformers import (
 )
 
 from . import frequency
-from .configuration_mfm import PRESETS, MFMResNetConfig, MFMViTConfig, config_from_preset
+from .configuration_mfm import (
+    PRESETS,
+    MFMResNetConfig,
+    MFMViTConfig,
+    config_from_preset,
+)
 from .image_processing import image_processor_for_config
 from .modeling_common import MFMPreTrainingOutput
-from .modeling_folk import FOLKPreTrainingOutput, FOLKResNetForPreTraining, FOLKViTForPreTraining
+from .modeling_folk import (
+    FOLKPreTrainingOutput,
+    FOLKResNetForPreTraining,
+    FOLKViTForPreTraining,
+)
 from .modeling_mfm_resnet import (
     MFMResNetBackbone,
     MFMResNetForImageClassification,

@@ -24,7 +24,10 @@ import torch
 
 from .configuration_mfm import PRESETS, config_from_preset
 from .model_card import write_model_card
-from .modeling_mfm_resnet import MFMResNetForImageClassification, MFMResNetForPreTraining
+from .modeling_mfm_resnet import (
+    MFMResNetForImageClassification,
+    MFMResNetForPreTraining,
+)
 from .modeling_mfm_vit import MFMViTForImageClassification, MFMViTForPreTraining
 
 #: Short names of the released architectures.

@@ -184,45 +184,47 @@ def augment(transform, image: Image.Image, seed: int) -> torch.Tensor:
         return transform(image)
 
 
-class PretrainingImages(torch.utils.data.Dataset):
+class _AugmentedViews:
+    """What both pre-training datasets share: decode an entry and draw ``num_views``
+    augmented views of it, seeded by (seed, epoch, position, view)."""
+
+    def __init__(self, dataset, image_column: str, transform, seed: int = 0, num_views: int = 1):
+        self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
+        self.num_views = num_views
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _views(self, example: dict, position: int) -> dict:
+        seeds = [sample_seed(self.seed, self.epoch, position, view) for view in range(self.num_views)]
+        return transform_entry(example[self.image_column], self.transform, seeds)
+
+
+class PretrainingImages(_AugmentedViews, torch.utils.data.Dataset):
     """Map-style view of a `datasets` dataset that yields ``{"pixel_values": (C, H, W)}`` in
     [0, 1] (``(num_views, C, H, W)`` with several views), or ``{"bad_image": message}`` for an
     undecodable entry (the collator decides). `set_epoch` is called by `EpochCallback` so
     every epoch draws new crops."""
 
-    def __init__(self, dataset: datasets.Dataset, image_column: str, transform, seed: int = 0, num_views: int = 1):
-        self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
-        self.num_views = num_views
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        seeds = [sample_seed(self.seed, self.epoch, int(index), view) for view in range(self.num_views)]
-        return transform_entry(self.dataset[int(index)][self.image_column], self.transform, seeds)
+        return self._views(self.dataset[int(index)], int(index))
 
 
-class StreamingPretrainingImages(torch.utils.data.IterableDataset):
+class StreamingPretrainingImages(_AugmentedViews, torch.utils.data.IterableDataset):
     """Iterable counterpart of `PretrainingImages` for ``--streaming`` datasets (seeded per
     position in the stream; exact resume is not guaranteed for streams)."""
 
-    def __init__(self, dataset: datasets.IterableDataset, image_column: str, transform, seed: int = 0, num_views: int = 1):
-        self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
-        self.num_views = num_views
-        self.epoch = 0
-
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().set_epoch(epoch)
         self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterable[dict]:
         for position, example in enumerate(self.dataset):
-            seeds = [sample_seed(self.seed, self.epoch, position, view) for view in range(self.num_views)]
-            yield transform_entry(example[self.image_column], self.transform, seeds)
+            yield self._views(example, position)
 
 
 def transform_entry(value, transform, seeds: list[int]) -> dict:

@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_mfm import AUTO_MAP
@@ -253,4 +254,37 @@ class MFMForPreTrainingMixin:
             corrupted_pixel_values=corrupted,
             hidden_states=encoded.hidden_states,
         )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MFMForImageClassificationMixin:
+    """A linear classifier on the encoder's pooled output, as transformers' image
+    classifiers (``labels`` ``(B,)`` -> cross-entropy, or the loss ``config.problem_type``
+    asks for). The family class builds the encoder as its base model, then calls
+    `_add_classifier`."""
+
+    _new_weight_prefixes = ("classifier.",)
+
+    def _add_classifier(self) -> None:
+        self.num_labels = self.config.num_labels
+        self.classifier = nn.Linear(self.config.num_features, self.num_labels) if self.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        r"""
+        pixel_values (`(batch, channels, height, width)`): normalised images.
+        labels (`(batch,)`, *optional*): class indices; gives ``loss``.
+        Returns logits ``(batch, num_labels)``.
+        """
+        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states)
+        logits = self.classifier(outputs.pooler_output)
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return output if return_dict is not False else output.to_tuple()

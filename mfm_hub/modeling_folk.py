@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .modeling_common import check_pixel_values, check_unit_range, corrupt, normalize, reconstruction_loss
+from .modeling_common import (
+    check_pixel_values,
+    check_unit_range,
+    corrupt,
+    normalize,
+    reconstruction_loss,
+)
 from .modeling_mfm_resnet import MFMResNetForPreTraining
 from .modeling_mfm_vit import MFMViTForPreTraining
 

@@ -16,11 +16,11 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
     BackboneOutput,
     BaseModelOutputWithPoolingAndNoAttention,
-    ImageClassifierOutputWithNoAttention,
 )
 
 from .configuration_mfm import MFMResNetConfig
 from .modeling_common import (
+    MFMForImageClassificationMixin,
     MFMForPreTrainingMixin,
     MFMPreTrainedModel,
     check_pixel_values,
@@ -130,32 +130,14 @@ class MFMResNetForPreTraining(MFMForPreTrainingMixin, MFMResNetPreTrainedModel):
         return outputs.last_hidden_state, outputs
 
 
-class MFMResNetForImageClassification(MFMResNetPreTrainedModel):
-    """MFM ResNet with global average pooling and a linear classifier; ``labels`` ``(B,)``
-    give a loss as in transformers' `ResNetForImageClassification`."""
-
-    _new_weight_prefixes = ("classifier.",)
+class MFMResNetForImageClassification(MFMForImageClassificationMixin, MFMResNetPreTrainedModel):
+    """MFM ResNet with global average pooling and a linear classifier; see
+    `MFMForImageClassificationMixin.forward`."""
 
     def __init__(self, config: MFMResNetConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.mfm_resnet = MFMResNetModel(config)
-        self.classifier = nn.Linear(config.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: Optional[torch.Tensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        **kwargs,
-    ) -> ImageClassifierOutputWithNoAttention:
-        outputs = self.mfm_resnet(pixel_values, output_hidden_states=output_hidden_states)
-        logits = self.classifier(outputs.pooler_output)
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-        return output if return_dict is not False else output.to_tuple()
+        self._add_classifier()
 
 
 class MFMResNetBackbone(BackboneMixin, MFMResNetPreTrainedModel):

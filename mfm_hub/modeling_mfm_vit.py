@@ -18,10 +18,11 @@ from timm.models.beit import Beit
 from torch import nn
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
-from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 
 from .configuration_mfm import MFMViTConfig
 from .modeling_common import (
+    MFMForImageClassificationMixin,
     MFMForPreTrainingMixin,
     MFMPreTrainedModel,
     check_pixel_values,
@@ -180,33 +181,17 @@ class MFMViTForPreTraining(MFMForPreTrainingMixin, MFMViTPreTrainedModel):
         return tokens_to_map(outputs.last_hidden_state[:, 1:], grid), outputs
 
 
-class MFMViTForImageClassification(MFMViTPreTrainedModel):
+class MFMViTForImageClassification(MFMForImageClassificationMixin, MFMViTPreTrainedModel):
     """MFM ViT with a linear classifier on the pooled output (``fc_norm`` + mean pooling in
-    the official fine-tuning recipe: set ``use_mean_pooling=True``). ``labels`` ``(B,)``
-    give a loss as in `ViTForImageClassification`."""
+    the official fine-tuning recipe: set ``use_mean_pooling=True``); see
+    `MFMForImageClassificationMixin.forward`."""
 
     _new_weight_prefixes = ("classifier.", "encoder.fc_norm.")
 
     def __init__(self, config: MFMViTConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.mfm_vit = MFMViTModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: Optional[torch.Tensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        **kwargs,
-    ) -> ImageClassifierOutput:
-        outputs = self.mfm_vit(pixel_values, output_hidden_states=output_hidden_states)
-        logits = self.classifier(outputs.pooler_output)
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-        return output if return_dict is not False else output.to_tuple()
+        self._add_classifier()
 
 
 class MFMViTBackbone(BackboneMixin, MFMViTPreTrainedModel):

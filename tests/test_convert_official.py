@@ -19,7 +19,12 @@ from timm.models.beit import Beit
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
-from mfm_hub import MFMResNetForPreTraining, MFMViTForImageClassification, MFMViTForPreTraining, MFMViTModel
+from mfm_hub import (
+    MFMResNetForPreTraining,
+    MFMViTForImageClassification,
+    MFMViTForPreTraining,
+    MFMViTModel,
+)
 from mfm_hub.convert_official import convert, load_official_checkpoint, main
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

@@ -11,10 +11,22 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_resnet_config, tiny_vit_config
 from safetensors.torch import load_file
-from test_pretraining import SCRIPT, fashion_folder, run_args, run_pretraining, script_env, tiny_config  # noqa: F401
+from test_pretraining import (  # noqa: F401
+    SCRIPT,
+    fashion_folder,
+    run_args,
+    run_pretraining,
+    script_env,
+    tiny_config,
+)
 from transformers import AutoModel
 
-from mfm_hub import FOLKResNetForPreTraining, FOLKViTForPreTraining, MFMViTForPreTraining, MFMViTModel
+from mfm_hub import (
+    FOLKResNetForPreTraining,
+    FOLKViTForPreTraining,
+    MFMViTForPreTraining,
+    MFMViTModel,
+)
 from mfm_hub.data import FASHION_MNIST_DIR
 from mfm_hub.modeling_folk import cross_view_distillation_loss, ema_momentum
 

@@ -75,12 +75,12 @@ def test_push_and_load_back(local_hub, tmp_path):
 
 
 def test_converter_pushes(local_hub, tmp_path):
-    out = run_against_hub(local_hub, f"""
+    out = run_against_hub(local_hub, """
         import torch, mfm_hub
         from mfm_hub.convert_official import main
         model = mfm_hub.MFMResNetForPreTraining(mfm_hub.config_from_preset("resnet18"))
-        state = {{k.replace("mfm_resnet.", ""): v for k, v in model.state_dict().items()}}
-        torch.save({{"model": state, "epoch": 1}}, "r18.pth")
+        state = {k.replace("mfm_resnet.", ""): v for k, v in model.state_dict().items()}
+        torch.save({"model": state, "epoch": 1}, "r18.pth")
         main(["--checkpoint", "r18.pth", "--arch", "resnet18", "--output", "converted", "--push-to-hub", "org/r18"])
         print("converted")
     """, tmp_path)

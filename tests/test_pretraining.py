@@ -19,7 +19,12 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from mfm_hub import MFMViTBackbone, MFMViTModel
-from mfm_hub.data import FASHION_MNIST_DIR, BadImageError, decode_image, load_fashion_mnist
+from mfm_hub.data import (
+    FASHION_MNIST_DIR,
+    BadImageError,
+    decode_image,
+    load_fashion_mnist,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training" / "run_pretraining.py"
