@@ -106,14 +106,13 @@ class MFMConfigBase(PreTrainedConfig):
             len(self.informed_keep_ratios) > 0 and all(0.0 < q < 1.0 for q in self.informed_keep_ratios),
             f"`informed_keep_ratios` must be fractions in (0, 1), got {list(self.informed_keep_ratios)!r}.",
         )
-        if self.reconstruction_target is None:
-            self.reconstruction_target = "masked" if self.corruption in ("mfm", "informed") else "all"
         _check(
-            self.reconstruction_target in RECONSTRUCTION_TARGETS,
-            f"`reconstruction_target` must be one of {RECONSTRUCTION_TARGETS}, got {self.reconstruction_target!r}.",
+            self.reconstruction_target in (None, *RECONSTRUCTION_TARGETS),
+            f"`reconstruction_target` must be one of {RECONSTRUCTION_TARGETS} (or None for the corruption's default), "
+            f"got {self.reconstruction_target!r}.",
         )
         _check(
-            self.reconstruction_target == "all" or self.corruption in ("mfm", "informed"),
+            self.reconstruction_target != "masked" or self.corruption in ("mfm", "informed"),
             f"`reconstruction_target='masked'` needs a frequency-mask corruption, not {self.corruption!r}.",
         )
         _check(isinstance(self.sr_factor, int) and self.sr_factor >= 2, f"`sr_factor` must be an int >= 2, got {self.sr_factor!r}.")
@@ -136,6 +135,14 @@ class MFMConfigBase(PreTrainedConfig):
         )
         _check(self.folk_export in ("teacher", "student"), f"`folk_export` must be 'teacher' or 'student', got {self.folk_export!r}.")
         super().__post_init__(**kwargs)
+
+
+    @property
+    def loss_target(self) -> str:
+        """The reconstruction target in force: ``reconstruction_target``, or by default
+        ``"masked"`` for frequency masks and ``"all"`` for the SR/deblur/denoise baselines
+        (derived, not stored, so it follows a later change of ``corruption``)."""
+        return self.reconstruction_target or ("masked" if self.corruption in ("mfm", "informed") else "all")
 
 
 class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):

@@ -111,6 +111,12 @@ def load_fashion_mnist(split: str = "train", root: Path = FASHION_MNIST_DIR) -> 
     )
 
 
+def dataset_id(dataset_name: Optional[str], data_dir: Optional[str]) -> str:
+    """The dataset identifier used in model cards: the `datasets` name, ``imagefolder`` for a
+    local folder, or ``fashion_mnist`` for the embedded default."""
+    return dataset_name or ("imagefolder" if data_dir else "fashion_mnist")
+
+
 def _find_images(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
 
@@ -267,6 +273,7 @@ def epoch_of(state_epoch: Optional[float]) -> int:
 
 __all__ = [
     "BadImageError",
+    "dataset_id",
     "FASHION_MNIST_LABELS",
     "PretrainingCollator",
     "PretrainingImages",

@@ -140,7 +140,7 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, freq
         log_matrix=config.focal_log_matrix,
         batch_matrix=config.focal_batch_matrix,
     )
-    return masked_frequency_loss(distance, frequency_mask if config.reconstruction_target == "masked" else None)
+    return masked_frequency_loss(distance, frequency_mask if config.loss_target == "masked" else None)
 
 
 def linear_decoder(in_channels: int, stride: int, out_channels: int) -> nn.Sequential:

@@ -8,6 +8,7 @@ held as ``encoder`` so its state dict has the official key layout under ``encode
 from __future__ import annotations
 
 import math
+import re
 from functools import partial
 from typing import Optional
 
@@ -68,6 +69,17 @@ class MFMViTPreTrainedModel(MFMPreTrainedModel):
                 for weight in (block.attn.proj.weight, block.mlp.fc2.weight):
                     if not getattr(weight, "_is_hf_initialized", False):
                         weight.div_(math.sqrt(2.0 * layer_id))
+
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping (used by its layer-wise lr decay helpers), as the official
+        fine-tuning assigns layers: the embeddings are layer 0, block ``i`` is layer ``i + 1``,
+        and everything else (``norm``/``fc_norm``, the classifier) is the last layer."""
+        prefix = "encoder\\." if self is self.base_model else re.escape(f"{self.base_model_prefix}.encoder.")
+        return {
+            "stem": rf"^{prefix}(?:cls_token|pos_embed|patch_embed)",
+            "blocks": rf"^{prefix}blocks\.(\d+)",
+        }
 
 
 class MFMViTModel(MFMViTPreTrainedModel):

@@ -15,11 +15,18 @@ from .frequency import spectrum_image  # noqa: E402
 from .modeling_common import denormalize  # noqa: E402
 
 
+def logged_losses(log_history: list[dict]) -> list[tuple[int, float]]:
+    """``(step, loss)`` of every logged training loss; a run shorter than ``logging_steps``
+    has only the Trainer's final average (``train_loss``), used then as one point."""
+    points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
+    return points or [(entry["step"], entry["train_loss"]) for entry in log_history if "train_loss" in entry]
+
+
 def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre-training loss") -> Path:
     """Training loss (and learning rate, on a second axis) against the optimizer step."""
-    points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
+    points = logged_losses(log_history)
     if not points:
-        raise ValueError("No training loss was logged; lower --logging_steps.")
+        raise ValueError("The log history holds no training loss.")
     rates = [(entry["step"], entry["learning_rate"]) for entry in log_history if "learning_rate" in entry]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     ax.plot(*zip(*points), color="tab:blue", marker="." if len(points) < 50 else None, label="loss")
@@ -94,4 +101,4 @@ def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, gen
     return path
 
 
-__all__ = ["plot_loss_curve", "reconstruction_grid"]
+__all__ = ["logged_losses", "plot_loss_curve", "reconstruction_grid"]

@@ -68,6 +68,15 @@ def test_quickstart_config_parses():
     assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 2.5e-6 / 3e-4}
 
 
+def test_method_overrides_are_validated_and_reloadable(tiny_config):
+    for method, target in (("sr", "all"), ("mfm", "masked"), ("folk", "masked")):
+        model = run_pretraining.build_model(run_pretraining.ModelArguments(model=str(tiny_config), method=method))
+        assert model.config.loss_target == target
+        assert type(model.config).from_dict(model.config.to_dict()).loss_target == target  # the saved config reloads
+    with pytest.raises(ValueError, match="low_pass_prob"):
+        run_pretraining.build_model(run_pretraining.ModelArguments(model=str(tiny_config), low_pass_prob=2.0))
+
+
 def test_weight_decay_split_follows_mfm():
     trainer_cls = run_pretraining.MFMPretrainingTrainer
     from mfm_hub import MFMViTForPreTraining

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pre-train an MFM backbone (MFM or the SR / deblur / denoise baselines) with the Trainer.
+"""Pre-train an MFM backbone (MFM, FOLK, or the SR / deblur / denoise baselines) with the Trainer.
 
     python training/run_pretraining.py training/configs/quickstart.yaml
     python training/run_pretraining.py --model vit-base-patch16-224 --train_dir /data/imagenet/train \
@@ -18,6 +18,7 @@ At the end the output directory holds the pre-trained **backbone** (``MFM*Model`
 model for resuming (``--resume_from_checkpoint``).
 """
 
+import itertools
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from mfm_hub import data as mfm_data
 from mfm_hub.configuration_mfm import PRESETS, config_from_preset
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum
-from mfm_hub.visualization import plot_loss_curve, reconstruction_grid
+from mfm_hub.visualization import logged_losses, plot_loss_curve, reconstruction_grid
 
 logger = logging.getLogger("run_pretraining")
 
@@ -143,14 +144,14 @@ class MFMPretrainingTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if getattr(outputs, "distillation_loss", None) is not None and model.training:
-            for name in self.LOSS_TERMS:
-                self._term_sums[name] += getattr(outputs, name).item()
+            for name in self.LOSS_TERMS:  # summed on the device; read (one sync) only when logging
+                self._term_sums[name] = self._term_sums[name] + getattr(outputs, name)
             self._term_count += 1
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs and self._term_count:
-            logs.update({name: total / self._term_count for name, total in self._term_sums.items()})
+            logs.update({name: float(total) / self._term_count for name, total in self._term_sums.items()})
             self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
             self._term_count = 0
         super().log(logs, *args, **kwargs)
@@ -235,13 +236,13 @@ def build_model(model_args: ModelArguments):
     source = Path(model_args.model)
     if model_args.model in PRESETS:
         config = config_from_preset(model_args.model, **overrides)
-    elif source.is_dir():
-        config = transformers.AutoConfig.from_pretrained(source, **overrides)
-        if is_folk:
-            return FOLK_MODELS[config.model_type].from_pretrained(source, config=config)
-        return transformers.AutoModelForPreTraining.from_pretrained(source, config=config)
-    elif source.suffix == ".json" and source.is_file():
-        config = transformers.AutoConfig.from_pretrained(source, **overrides)
+    elif source.is_dir() or (source.suffix == ".json" and source.is_file()):
+        # rebuilt from a dict so that the overrides go through the config's validation
+        saved = transformers.AutoConfig.from_pretrained(source)
+        config = type(saved).from_dict({**saved.to_dict(), **overrides})
+        if source.is_dir():
+            model_class = FOLK_MODELS[config.model_type] if is_folk else transformers.AutoModelForPreTraining
+            return model_class.from_pretrained(source, config=config)
     else:
         raise ValueError(f"--model {model_args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config.json nor a checkpoint folder.")
     if is_folk:
@@ -267,7 +268,7 @@ def figure_batch(train_images, dataset, column: str, config, count: int, two_vie
     (MFM), or the first training samples' two augmented views (FOLK)."""
     if two_views:
         samples = (train_images[i] for i in range(len(train_images)))
-        return torch.stack([s["pixel_values"] for s in samples if "pixel_values" in s][:count]) if count else None
+        return torch.stack([s["pixel_values"] for s in itertools.islice((s for s in samples if "pixel_values" in s), count)])
     processor = mfm_hub.image_processor_for_config(config, do_normalize=False)
     images = []
     for example in dataset:
@@ -315,8 +316,8 @@ def export(trainer, model_args, data_args, args, train_images, dataset, column, 
     pixels = figure_batch(train_images, dataset, column, config, data_args.num_figure_images // (2 if is_folk else 1), is_folk)
     reconstruction_grid(model, pixels, output / "reconstructions.png", generator=torch.Generator(model.device).manual_seed(args.seed),
                         title=f"{METHODS[method][0]} pre-training")
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    dataset_id = data_args.dataset_name or ("imagefolder" if data_args.train_dir else "fashion_mnist")
+    losses = [loss for _, loss in logged_losses(trainer.state.log_history)]
+    dataset_id = mfm_data.dataset_id(data_args.dataset_name, data_args.train_dir)
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     recipe = (

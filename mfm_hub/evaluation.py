@@ -1,0 +1,253 @@
+"""Shared pieces of the downstream evaluation scripts: labelled data with input checks,
+k-shot subsets, `evaluate` metrics, results files, model-card `model-index` entries and
+figures.
+
+The metrics are `evaluate.Metric` modules defined here: `evaluate.load("accuracy")` and
+`evaluate.load("mean_iou")` fetch their scripts from the Hub at run time, which offline
+machines cannot do, so the same computations are provided as local modules with the same
+output keys.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import datasets
+import evaluate
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
+
+from .data import load_image_dataset  # noqa: E402
+
+# --------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------
+
+
+class TopKAccuracy(evaluate.Metric):
+    """Top-1 and top-k accuracy from class scores. ``predictions``: ``(N, num_classes)``
+    scores or logits; ``references``: ``(N,)`` class indices. Returns ``{"top1", "top5"}``
+    (``top{k}`` for ``k`` given to `compute`)."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Top-1 and top-k classification accuracy from scores.",
+            citation="",
+            inputs_description="predictions: (N, C) scores; references: (N,) int labels",
+            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references, k: int = 5):
+        scores = np.asarray(predictions, dtype=np.float64)
+        labels = np.asarray(references)
+        k = min(k, scores.shape[1])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return {"top1": float((top[:, 0] == labels).mean()), f"top{k}": float((top == labels[:, None]).any(axis=1).mean())}
+
+
+class MeanIoU(evaluate.Metric):
+    """Semantic-segmentation metrics with the outputs of `evaluate`'s ``mean_iou``:
+    ``mean_iou``, ``mean_accuracy``, ``overall_accuracy``, ``per_category_iou``,
+    ``per_category_accuracy``. Pixels labelled ``ignore_index`` are left out; a class absent
+    from both prediction and reference gets NaN and is skipped in the means."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Mean intersection-over-union for semantic segmentation.",
+            citation="",
+            inputs_description="predictions, references: (H, W) int label maps",
+            features=datasets.Features({
+                "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+                "references": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+            }),
+        )
+
+    def _compute(self, predictions, references, num_labels: int, ignore_index: Optional[int] = None):
+        intersection = np.zeros(num_labels, dtype=np.int64)
+        union = np.zeros(num_labels, dtype=np.int64)
+        label_area = np.zeros(num_labels, dtype=np.int64)
+        for prediction, reference in zip(predictions, references):
+            prediction, reference = np.asarray(prediction), np.asarray(reference)
+            valid = reference != ignore_index if ignore_index is not None else np.ones_like(reference, dtype=bool)
+            prediction, reference = prediction[valid], reference[valid]
+            hit = prediction[prediction == reference]
+            area_hit = np.bincount(hit, minlength=num_labels)[:num_labels]
+            area_pred = np.bincount(prediction, minlength=num_labels)[:num_labels]
+            area_ref = np.bincount(reference, minlength=num_labels)[:num_labels]
+            intersection += area_hit
+            union += area_pred + area_ref - area_hit
+            label_area += area_ref
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = intersection / union
+            accuracy = intersection / label_area
+        return {
+            "mean_iou": float(np.nanmean(iou)),
+            "mean_accuracy": float(np.nanmean(accuracy)),
+            "overall_accuracy": float(intersection.sum() / max(label_area.sum(), 1)),
+            "per_category_iou": iou.tolist(),
+            "per_category_accuracy": accuracy.tolist(),
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Frozen features
+# --------------------------------------------------------------------------------------
+
+
+def frozen_features(model, pixel_values):
+    """One feature vector per image from a frozen encoder, ``(B, D)``: for a ViT the mean of
+    the (normed) patch tokens, since MFM trains the patch tokens and never the cls token;
+    for a ResNet the global average of the last map."""
+    outputs = model(pixel_values)
+    if model.config.model_type == "mfm_vit":
+        return outputs.last_hidden_state[:, 1:].mean(dim=1)
+    return outputs.pooler_output
+
+
+def load_encoder(name: str):
+    """An MFM encoder from a checkpoint / Hub id, or a randomly initialised preset (the
+    from-scratch baseline)."""
+    from transformers import AutoModel
+
+    from .configuration_mfm import PRESETS, config_from_preset
+
+    if name in PRESETS:
+        return AutoModel.from_config(config_from_preset(name))
+    return AutoModel.from_pretrained(name)
+
+
+# --------------------------------------------------------------------------------------
+# Labelled data
+# --------------------------------------------------------------------------------------
+
+
+def load_labelled_split(
+    split: str,
+    data_dir: Optional[str] = None,
+    dataset_name: Optional[str] = None,
+    dataset_config_name: Optional[str] = None,
+    image_column: Optional[str] = None,
+    label_column: str = "label",
+) -> tuple[datasets.Dataset, str, list[str]]:
+    """A labelled split (image folder ``data_dir`` with class sub-folders, a `datasets`
+    dataset, or the embedded Fashion-MNIST), its image column and its class names.
+
+    Raises a `ValueError` naming the problem when the label column is missing or is not a
+    class label / integer column."""
+    dataset, image_column = load_image_dataset(data_dir, dataset_name, dataset_config_name, split=split, image_column=image_column)
+    if label_column not in dataset.features:
+        raise ValueError(f"No label column {label_column!r}; columns are {list(dataset.features)}. Pass --label_column.")
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+    elif isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+        names = [str(i) for i in range(int(max(dataset[label_column])) + 1)]
+    else:
+        raise ValueError(f"Label column {label_column!r} must hold class labels or integers, not {feature}.")
+    return dataset, image_column, names
+
+
+def check_head_matches(num_labels: int, class_names: Sequence[str], what: str = "the classifier head") -> None:
+    if num_labels != len(class_names):
+        raise ValueError(f"The data has {len(class_names)} classes but {what} has {num_labels} outputs.")
+
+
+def k_shot_indices(labels: Sequence[int], shots: int, seed: int) -> list[int]:
+    """``shots`` random examples of every class (seeded). Errors if a class has fewer."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if shots > counts.min():
+        smallest = classes[counts.argmin()]
+        raise ValueError(f"Asked for {shots} examples per class, but class {smallest} has only {counts.min()}.")
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=shots, replace=False) for c in classes]
+    return sorted(int(i) for i in np.concatenate(chosen))
+
+
+def fraction_indices(labels: Sequence[int], fraction: float, seed: int) -> list[int]:
+    """A class-balanced ``fraction`` of the examples (at least one per class)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"The labelled fraction must be in (0, 1], got {fraction!r}.")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(members, size=max(1, round(fraction * len(members))), replace=False))
+    return sorted(int(i) for i in np.concatenate(chosen))
+
+
+# --------------------------------------------------------------------------------------
+# Results: JSON, model card, figures
+# --------------------------------------------------------------------------------------
+
+
+def write_results(output_dir: str | Path, results: dict) -> Path:
+    path = Path(output_dir) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    return path
+
+
+def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, task_name: str, dataset_type: str,
+                       dataset_name: str, metrics: dict[str, float], split: str = "test") -> Path:
+    """Append ``metrics`` to the ``model-index`` of ``card_dir/README.md`` (created if absent),
+    replacing earlier entries for the same task, dataset and metric."""
+    path = Path(card_dir) / "README.md"
+    card = ModelCard.load(path) if path.exists() else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {model_name}\n")
+    if card.data is None:
+        card.data = ModelCardData()
+    new = [
+        EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
+                   dataset_split=split, metric_type=metric, metric_name=metric, metric_value=round(float(value), 6))
+        for metric, value in metrics.items()
+    ]
+    keep = [r for r in (card.data.eval_results or [])
+            if not any(r.task_type == n.task_type and r.dataset_type == n.dataset_type and r.metric_type == n.metric_type for n in new)]
+    card.data.eval_results = keep + new
+    card.data.model_name = card.data.model_name or model_name
+    card.save(path)
+    return path
+
+
+def plot_confusion_matrix(labels: Sequence[int], predictions: Sequence[int], class_names: Sequence[str], path: str | Path, title: str) -> Path:
+    matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=120)
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            if matrix[i, j]:
+                ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=6, color="white" if normalised[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+__all__ = [
+    "MeanIoU",
+    "frozen_features",
+    "load_encoder",
+    "TopKAccuracy",
+    "add_to_model_index",
+    "check_head_matches",
+    "fraction_indices",
+    "k_shot_indices",
+    "load_labelled_split",
+    "plot_confusion_matrix",
+    "write_results",
+]

@@ -1,0 +1,207 @@
+"""Downstream scripts: metrics, data checks, classification / linear probe, few-shot,
+segmentation (UperNet) and robustness, on tiny real data."""
+
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_vit_config
+from PIL import Image
+from safetensors.torch import load_file
+from test_pretraining import fashion_folder  # noqa: F401
+
+from mfm_hub import MFMViTModel
+from mfm_hub.data import FASHION_MNIST_DIR
+from mfm_hub.evaluation import MeanIoU, TopKAccuracy, check_head_matches, fraction_indices, k_shot_indices, load_labelled_split
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+import run_classification  # noqa: E402
+import run_few_shot  # noqa: E402
+import run_robustness  # noqa: E402
+import run_segmentation  # noqa: E402
+
+CAMVID_TAR = ROOT.parent / "shared" / "data" / "camvid-240x180.tar"
+needs_fashion = pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="needs `apt-get install dataset-fashion-mnist`")
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("encoder")
+    MFMViTModel(tiny_vit_config()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def balanced_folder(tmp_path_factory):
+    """4 classes x 6 real Fashion-MNIST test images."""
+    if not FASHION_MNIST_DIR.exists():
+        pytest.skip("needs `apt-get install dataset-fashion-mnist`")
+    from mfm_hub.data import load_fashion_mnist
+
+    folder = tmp_path_factory.mktemp("balanced")
+    dataset = load_fashion_mnist("test")
+    counts = {}
+    for index in range(200):
+        example = dataset[index]
+        label = example["label"]
+        if label < 4 and counts.get(label, 0) < 6:
+            (folder / f"class{label}").mkdir(exist_ok=True)
+            example["image"].save(folder / f"class{label}" / f"{index}.png")
+            counts[label] = counts.get(label, 0) + 1
+    assert sorted(counts.values()) == [6, 6, 6, 6]
+    return folder
+
+
+def test_top_k_accuracy():
+    scores = [[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.5, 0.4, 0.1]]
+    result = TopKAccuracy().compute(predictions=scores, references=[1, 0, 1, 1], k=2)
+    assert result == {"top1": 0.5, "top2": 1.0}
+
+
+def test_mean_iou_by_hand():
+    prediction = np.array([[0, 0, 1], [1, 2, 2]])
+    reference = np.array([[0, 1, 1], [1, 2, 9]])  # 9 = ignored
+    result = MeanIoU().compute(predictions=[prediction], references=[reference], num_labels=3, ignore_index=9)
+    # class 0: inter 1, union 2; class 1: inter 2, union 3; class 2: inter 1, union 1
+    assert result["per_category_iou"] == pytest.approx([0.5, 2 / 3, 1.0])
+    assert result["mean_iou"] == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
+    assert result["overall_accuracy"] == pytest.approx(4 / 5)
+
+
+def test_k_shot_and_fraction_subsets():
+    labels = [0] * 10 + [1] * 5 + [2] * 3
+    chosen = k_shot_indices(labels, 3, seed=1)
+    assert sorted(np.bincount(np.asarray(labels)[chosen]).tolist()) == [3, 3, 3]
+    assert chosen == k_shot_indices(labels, 3, seed=1) and chosen != k_shot_indices(labels, 3, seed=2)
+    with pytest.raises(ValueError, match="class 2 has only 3"):
+        k_shot_indices(labels, 4, seed=0)
+    assert len(fraction_indices(labels, 0.5, seed=0)) == 5 + 2 + 2  # round(2.5) -> 2, round(1.5) -> 2
+    with pytest.raises(ValueError, match="fraction"):
+        fraction_indices(labels, 0.0, seed=0)
+
+
+def test_class_count_mismatch():
+    with pytest.raises(ValueError, match="3 classes but the classifier head has 10 outputs"):
+        check_head_matches(10, ["a", "b", "c"])
+
+
+@needs_fashion
+def test_label_column_checks(fashion_folder, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="No label column 'category'"):
+        load_labelled_split("train", str(fashion_folder), label_column="category")
+    folder = tmp_path / "scored"
+    folder.mkdir()
+    rows = []
+    for index, png in enumerate(sorted(fashion_folder.rglob("*.png"))[:4]):
+        Image.open(png).save(folder / png.name)
+        rows.append(json.dumps({"file_name": png.name, "score": 0.5 * index}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows))
+    with pytest.raises(ValueError, match="must hold class labels or integers"):
+        load_labelled_split("train", str(folder), label_column="score")
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_fine_tuning_and_linear_probe(fashion_folder, encoder, tmp_path):  # noqa: F811
+    common = ["--model", str(encoder), "--train_dir", str(fashion_folder), "--validation_dir", str(fashion_folder),
+              "--per_device_train_batch_size", "8", "--max_steps", "4", "--eval_strategy", "no", "--learning_rate", "1e-3"]
+    results = run_classification.main([*common, "--output_dir", str(tmp_path / "ft")])
+    assert 0 <= results["top1"] <= results["top5"] <= 1 and results["protocol"] == "fine_tune"
+    assert json.loads((tmp_path / "ft" / "results.json").read_text())["top1"] == results["top1"]
+    assert (tmp_path / "ft" / "confusion_matrix.png").exists()
+    assert "model-index" in (tmp_path / "ft" / "README.md").read_text()
+
+    run_classification.main([*common, "--output_dir", str(tmp_path / "probe"), "--linear_probe"])
+    probe = load_file(tmp_path / "probe" / "model.safetensors")
+    original = load_file(encoder / "model.safetensors")
+    # the backbone stayed frozen (the pre-training `norm` is replaced by fc_norm + mean pooling)
+    shared = [key for key in original if not key.startswith("encoder.norm.")]
+    assert all(torch.equal(probe["mfm_vit." + key], original[key]) for key in shared) and len(shared) == len(original) - 2
+    assert "classifier.weight" in probe
+
+    few = run_classification.main([*common, "--output_dir", str(tmp_path / "fewshot"), "--shots_per_class", "1"])
+    assert few["train_examples"] == len({p.parent.name for p in fashion_folder.rglob("*.png")})
+    with pytest.raises(ValueError, match="per class, but class"):
+        run_classification.main([*common, "--output_dir", str(tmp_path / "x"), "--shots_per_class", "50"])
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_few_shot_episodes_are_seeded(balanced_folder, encoder, tmp_path):
+    args = ["--model", str(encoder), "--data_dir", str(balanced_folder), "--split", "train", "--ways", "3", "--shots", "2",
+            "--queries", "3", "--episodes", "20"]
+    first = run_few_shot.main([*args, "--output_dir", str(tmp_path / "a")])
+    again = run_few_shot.main([*args, "--output_dir", str(tmp_path / "b")])
+    assert first["accuracy"] == again["accuracy"] and 0 <= first["accuracy"] <= 1 and first["ci95"] >= 0
+    assert (tmp_path / "a" / "few_shot_episodes.png").exists()
+    assert "3-way 2-shot episodes" in (encoder / "README.md").read_text()  # the checkpoint's own card
+    logistic = run_few_shot.main([*args, "--output_dir", str(tmp_path / "c"), "--classifier", "logistic"])
+    assert 0 <= logistic["accuracy"] <= 1
+    with pytest.raises(ValueError, match="exceed the smallest class"):
+        run_few_shot.main([*args, "--shots", "4", "--output_dir", str(tmp_path / "d")])
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_robustness_against_itself_is_mce_one(fashion_folder, balanced_folder, encoder, tmp_path):  # noqa: F811
+    classifier = tmp_path / "cls"
+    run_classification.main(["--model", str(encoder), "--train_dir", str(fashion_folder), "--validation_dir", str(fashion_folder),
+                             "--per_device_train_batch_size", "8", "--max_steps", "2", "--eval_strategy", "no", "--output_dir", str(classifier)])
+    results = run_robustness.main(["--model", str(classifier), "--baseline", str(classifier), "--data_dir", str(fashion_folder),
+                                   "--split", "train", "--corruptions", "gaussian_noise", "pixelate", "--output_dir", str(tmp_path / "rob")])
+    assert results["mCE"] == pytest.approx(1.0) or all(
+        sum(results["errors"]["baseline"][c].values()) == 0 for c in ("gaussian_noise", "pixelate"))
+    assert set(results["errors"]["model"]["pixelate"]) == {"1", "2", "3", "4", "5"}
+    assert (tmp_path / "rob" / "corruption_errors.png").exists()
+    assert "mCE" in (classifier / "README.md").read_text()
+    with pytest.raises(ValueError, match="4 classes but the model's classifier has 10 outputs"):
+        run_robustness.main(["--model", str(classifier), "--baseline", str(classifier), "--data_dir", str(balanced_folder),
+                             "--split", "train", "--corruptions", "pixelate"])
+    with pytest.raises(ValueError, match="Unknown corruptions"):
+        run_robustness.main(["--model", str(classifier), "--baseline", str(classifier), "--data_dir", str(fashion_folder),
+                             "--corruptions", "rain"])
+
+
+@pytest.fixture(scope="module")
+def camvid_subset(tmp_path_factory):
+    """6 train and 2 val CamVid scenes (reduced to 240x180) from shared/data."""
+    if not CAMVID_TAR.exists():
+        pytest.skip("needs shared/data/camvid-240x180.tar")
+    root = tmp_path_factory.mktemp("camvid")
+    with tarfile.open(CAMVID_TAR) as archive:
+        members = archive.getmembers()
+        wanted = []
+        for split, count in (("train", 6), ("val", 2)):
+            images = sorted(m.name for m in members if m.name.startswith(f"CamVid/{split}/") and m.isfile())[:count]
+            stems = {Path(n).stem for n in images}
+            wanted += images + [m.name for m in members if m.name.startswith(f"CamVid/{split}annot/") and Path(m.name).stem in stems]
+        archive.extractall(root, members=[m for m in members if m.name in wanted], filter="data")
+    return root / "CamVid"
+
+
+def test_segmentation_label_checks(camvid_subset, tmp_path):
+    image = next((camvid_subset / "train").iterdir())
+    example = {"image": {"path": str(image), "bytes": None}, "mask": {"path": str(camvid_subset / "trainannot" / f"{image.stem}.png"), "bytes": None}}
+    with pytest.raises(ValueError, match=r"labels \[11\] outside 0\.\.10; set --ignore_index"):
+        run_segmentation.read_pair(example, num_labels=11, ignore_index=None)
+    image_np, mask = run_segmentation.read_pair(example, num_labels=11, ignore_index=11)
+    assert image_np.shape[:2] == mask.shape
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(small)
+    with pytest.raises(ValueError, match="small.png is 10x10 but its image is 240x180"):
+        run_segmentation.read_pair({**example, "mask": {"path": str(small), "bytes": None}}, num_labels=11, ignore_index=11)
+
+
+@pytest.mark.slow
+def test_segmentation_end_to_end(camvid_subset, encoder, tmp_path):
+    results = run_segmentation.main(["--model", str(encoder), "--data_dir", str(camvid_subset), "--num_labels", "11", "--ignore_index", "11",
+                                     "--output_dir", str(tmp_path / "seg"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                                     "--crop_size", "64", "--decoder_channels", "32", "--num_figure_images", "2"])
+    assert 0 <= results["mean_iou"] <= 1 and len(results["per_category_iou"]) == 11 and results["eval_images"] == 2
+    assert (tmp_path / "seg" / "segmentation_overlays.png").exists()
+    assert "mean_iou" in (tmp_path / "seg" / "README.md").read_text()

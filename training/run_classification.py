@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""Fine-tune or linearly probe an MFM / FOLK backbone for image classification with the Trainer.
+
+    python training/run_classification.py --model outputs/quickstart --output_dir outputs/cls
+    python training/run_classification.py --model outputs/quickstart --linear_probe --output_dir outputs/probe
+    python training/run_classification.py --model org/mfm-vit-base --train_dir imagenet/train --validation_dir imagenet/val \
+        --layer_decay 0.65 --mixup 0.8 --cutmix 1.0 --rand_augment rand-m9-mstd0.5-inc1 --bf16 ...
+
+``--model`` is any MFM checkpoint (a backbone, a pre-training or a converted official one), a
+preset name (training from scratch), or a Hub repository. Data: an image folder with class
+sub-folders (``--train_dir`` / ``--validation_dir``), a `datasets` dataset
+(``--dataset_name``), or, with neither, the embedded Fashion-MNIST (train / test splits).
+``--shots_per_class K`` or ``--train_fraction F`` train on a seeded, class-balanced subset
+(the few-shot protocols). The recipe ingredients of the MFM fine-tuning come from timm:
+layer-wise lr decay (`param_groups_layer_decay`), RandAugment and random erasing
+(`create_transform`), Mixup / CutMix (`Mixup`), label smoothing; drop path is the model's.
+
+Writes ``results.json`` (top-1 / top-5 on the evaluation split, via an `evaluate` metric),
+``confusion_matrix.png``, the fine-tuned model, and adds the results to the model card's
+``model-index``.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup, create_transform
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim._param_groups import param_groups_layer_decay
+from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
+from mfm_hub import evaluation
+from mfm_hub.configuration_mfm import PRESETS, config_from_preset
+from mfm_hub.data import dataset_id, decode_image
+
+logger = logging.getLogger("run_classification")
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(default="vit-tiny-patch4-32", metadata={"help": "an MFM checkpoint folder or Hub id, or a preset (from scratch)"})
+    linear_probe: bool = field(default=False, metadata={"help": "freeze the backbone, train only the classifier"})
+    use_mean_pooling: bool = field(default=True, metadata={"help": "ViT: mean-pool patch tokens through fc_norm (the MFM fine-tuning head)"})
+    drop_path_rate: float = field(default=0.1)
+    layer_decay: Optional[float] = field(default=0.75, metadata={"help": "layer-wise lr decay (ViT); 1 or empty to disable"})
+
+
+@dataclass
+class DataArguments:
+    train_dir: Optional[str] = field(default=None)
+    validation_dir: Optional[str] = field(default=None)
+    dataset_name: Optional[str] = field(default=None)
+    dataset_config_name: Optional[str] = field(default=None)
+    train_split: str = field(default="train")
+    eval_split: str = field(default="test")
+    image_column: Optional[str] = field(default=None)
+    label_column: str = field(default="label")
+    shots_per_class: Optional[int] = field(default=None, metadata={"help": "train on K seeded examples per class"})
+    train_fraction: Optional[float] = field(default=None, metadata={"help": "train on a seeded class-balanced fraction, e.g. 0.01"})
+    max_eval_samples: Optional[int] = field(default=None)
+    rand_augment: Optional[str] = field(default="rand-m9-mstd0.5-inc1", metadata={"help": "timm RandAugment spec; empty to disable"})
+    reprob: float = field(default=0.25, metadata={"help": "random erasing probability"})
+    mixup: float = field(default=0.8)
+    cutmix: float = field(default=1.0)
+    label_smoothing: float = field(default=0.1)
+    crop_pct: float = field(default=224 / 256, metadata={"help": "evaluation: resize to size / crop_pct, centre-crop size"})
+
+
+@dataclass
+class ClassificationArguments(TrainingArguments):
+    output_dir: str = field(default="outputs/classification")
+    learning_rate: Optional[float] = field(default=None, metadata={"help": "peak lr; default: --base_learning_rate x batch / 512"})
+    base_learning_rate: float = field(default=2e-3, metadata={"help": "per 512 images (MFM ViT fine-tuning: 2e-3)"})
+    adam_beta2: float = field(default=0.999)
+    weight_decay: float = field(default=0.05)
+    warmup_steps: float = field(default=0.05)
+    lr_scheduler_type: str = field(default="cosine")
+    eval_strategy: str = field(default="epoch")
+    save_strategy: str = field(default="no")
+    logging_steps: float = field(default=10)
+    remove_unused_columns: bool = field(default=False)
+
+
+class ClassificationTrainer(Trainer):
+    """Soft-target loss for Mixup/CutMix batches, label smoothing otherwise, and timm's
+    layer-decay parameter groups (lr scaled per group before the scheduler sees it)."""
+
+    def __init__(self, *args, label_smoothing: float = 0.0, layer_decay: Optional[float] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label_smoothing = label_smoothing
+        self.layer_decay = layer_decay
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        if labels.ndim == 2:
+            loss = SoftTargetCrossEntropy()(outputs.logits, labels)
+        else:
+            loss = F.cross_entropy(outputs.logits, labels, label_smoothing=self.label_smoothing if model.training else 0.0)
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        model = model if model is not None else self.model
+        if self.optimizer is None:
+            groups = param_groups_layer_decay(
+                model, weight_decay=self.args.weight_decay, no_weight_decay_list=["*pos_embed", "*cls_token"],
+                layer_decay=self.layer_decay if self.layer_decay else 1.0,
+            )
+            for group in groups:
+                group["lr"] = self.args.learning_rate * group.pop("lr_scale")
+            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                               eps=self.args.adam_epsilon)
+        return self.optimizer
+
+
+def build_model(model_args: ModelArguments, class_names: list[str]):
+    labels = {"num_labels": len(class_names), "id2label": dict(enumerate(class_names)), "label2id": {n: i for i, n in enumerate(class_names)}}
+    if model_args.model in PRESETS:
+        config = config_from_preset(model_args.model, **labels)
+    else:
+        config = AutoConfig.from_pretrained(model_args.model, **labels)
+    if config.model_type == "mfm_vit":
+        config.use_mean_pooling = model_args.use_mean_pooling
+    config.drop_path_rate = model_args.drop_path_rate
+    if model_args.model in PRESETS:
+        model = AutoModelForImageClassification.from_config(config)
+    else:
+        model = AutoModelForImageClassification.from_pretrained(model_args.model, config=config)
+    if model_args.linear_probe:
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("classifier.")
+    return model
+
+
+class ImageBatch:
+    """Decode (RGB) + transform a list of examples into ``pixel_values`` and ``labels``, with
+    timm's Mixup/CutMix on training batches when enabled."""
+
+    def __init__(self, image_column: str, label_column: str, transform, mixup: Optional[Mixup] = None):
+        self.image_column, self.label_column, self.transform, self.mixup = image_column, label_column, transform, mixup
+
+    def __call__(self, examples):
+        pixels = torch.stack([self.transform(decode_image(e[self.image_column])) for e in examples])
+        labels = torch.tensor([int(e[self.label_column]) for e in examples])
+        if self.mixup is not None and len(examples) % 2 == 0:
+            pixels, labels = self.mixup(pixels, labels)
+        return {"pixel_values": pixels, "labels": labels}
+
+
+def subset_for_training(dataset, data_args: DataArguments, label_column: str, seed: int):
+    if data_args.shots_per_class is not None and data_args.train_fraction is not None:
+        raise ValueError("Use either --shots_per_class or --train_fraction, not both.")
+    labels = dataset[label_column]
+    if data_args.shots_per_class is not None:
+        return dataset.select(evaluation.k_shot_indices(labels, data_args.shots_per_class, seed))
+    if data_args.train_fraction is not None:
+        return dataset.select(evaluation.fraction_indices(labels, data_args.train_fraction, seed))
+    return dataset
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, ClassificationArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    set_seed(args.seed)
+
+    train, image_column, class_names = evaluation.load_labelled_split(
+        data_args.train_split, data_args.train_dir, data_args.dataset_name, data_args.dataset_config_name,
+        data_args.image_column, data_args.label_column)
+    eval_dir = data_args.validation_dir if data_args.train_dir else None
+    evaluation_split = "train" if eval_dir else data_args.eval_split
+    test, _, test_names = evaluation.load_labelled_split(
+        evaluation_split, eval_dir, data_args.dataset_name, data_args.dataset_config_name, image_column, data_args.label_column)
+    if test_names != class_names:
+        raise ValueError(f"Training classes {class_names} differ from evaluation classes {test_names}.")
+    train = subset_for_training(train, data_args, data_args.label_column, args.seed)
+    if data_args.max_eval_samples is not None:
+        test = test.select(range(min(len(test), data_args.max_eval_samples)))
+
+    model = build_model(model_args, class_names)
+    evaluation.check_head_matches(model.config.num_labels, class_names)
+    config = model.config
+    if args.learning_rate is None:
+        args.learning_rate = args.base_learning_rate * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size / 512
+    norm = dict(mean=tuple(config.image_mean), std=tuple(config.image_std), interpolation="bicubic")
+    if model_args.linear_probe:  # MAE-style probe: crops and flips only
+        train_transform = create_transform(config.image_size, is_training=True, no_aug=False, scale=(0.08, 1.0), hflip=0.5,
+                                           color_jitter=None, auto_augment=None, re_prob=0.0, **norm)
+        mixup = None
+    else:
+        train_transform = create_transform(config.image_size, is_training=True, auto_augment=data_args.rand_augment or None,
+                                           re_prob=data_args.reprob, color_jitter=None, **norm)
+        use_mix = data_args.mixup > 0 or data_args.cutmix > 0
+        mixup = Mixup(mixup_alpha=data_args.mixup, cutmix_alpha=data_args.cutmix, label_smoothing=data_args.label_smoothing,
+                      num_classes=len(class_names)) if use_mix else None
+    eval_transform = create_transform(config.image_size, is_training=False, crop_pct=data_args.crop_pct, **norm)
+
+    trainer = ClassificationTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=test,
+        data_collator=ImageBatch(image_column, data_args.label_column, train_transform, mixup),
+        label_smoothing=data_args.label_smoothing, layer_decay=None if model_args.linear_probe else model_args.layer_decay,
+    )
+    trainer.train()
+    trainer.data_collator = ImageBatch(image_column, data_args.label_column, eval_transform)
+    prediction = trainer.predict(test)
+    scores, labels = prediction.predictions, prediction.label_ids
+    metrics = evaluation.TopKAccuracy().compute(predictions=scores.tolist(), references=labels.tolist())
+    results = {
+        "model": model_args.model,
+        "protocol": "linear_probe" if model_args.linear_probe else "fine_tune",
+        "train_examples": len(train),
+        "eval_examples": len(test),
+        "shots_per_class": data_args.shots_per_class,
+        "train_fraction": data_args.train_fraction,
+        "seed": args.seed,
+        **metrics,
+    }
+    if not trainer.is_world_process_zero():
+        return results
+    output = Path(args.output_dir)
+    trainer.save_model(output)
+    evaluation.write_results(output, results)
+    evaluation.plot_confusion_matrix(labels, scores.argmax(1), class_names, output / "confusion_matrix.png",
+                                     title=f"{results['protocol']}: top-1 {metrics['top1']:.3f}")
+    dataset_type = dataset_id(data_args.dataset_name, data_args.train_dir)
+    task = "Linear probe" if model_args.linear_probe else "Fine-tuning"
+    shots = f", {data_args.shots_per_class}-shot" if data_args.shots_per_class else f", {data_args.train_fraction:.0%} of labels" if data_args.train_fraction else ""
+    evaluation.add_to_model_index(output, output.name, "image-classification", f"{task}{shots}", dataset_type,
+                                  dataset_type, {k: v for k, v in metrics.items() if k.startswith("top")})
+    print(f"top-1 {metrics['top1']:.4f}; results, figure and model in {output.resolve()}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""Few-shot evaluation of an MFM / FOLK backbone.
+
+Two protocols:
+
+* ``--protocol episodes`` (default): N-way K-shot episodes on a **frozen** backbone. Features
+  (`evaluation.frozen_features`: mean patch token for a ViT, pooled map for a ResNet) of the evaluation split are extracted once; each seeded episode draws
+  N classes, K support and Q query images per class, and classifies the queries with class
+  prototypes (cosine to the mean support feature) or a logistic regression fitted on the
+  support set. Reports the mean accuracy and its 95% interval over episodes.
+
+      python training/run_few_shot.py --model outputs/quickstart --ways 5 --shots 5 --episodes 600
+
+* ``--protocol finetune``: k examples per class (``--shots``) or a labelled fraction
+  (``--train_fraction 0.01``) of the training split, fine-tuned or linearly probed with
+  `run_classification.py` (every argument after ``--`` is passed on):
+
+      python training/run_few_shot.py --protocol finetune --model outputs/quickstart --shots 5 -- --linear_probe --max_steps 200
+
+Writes ``results.json`` and a histogram of episode accuracies (``few_shot_episodes.png``) to
+``--output_dir``, and a ``model-index`` entry to the checkpoint's model card (a local
+checkpoint's own ``README.md``; otherwise one in ``--output_dir``).
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import create_transform
+from tqdm.auto import tqdm
+
+import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
+from mfm_hub import evaluation
+from mfm_hub.data import dataset_id, decode_image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@torch.no_grad()
+def extract_features(model, dataset, image_column: str, batch_size: int, crop_pct: float) -> torch.Tensor:
+    """Frozen features ``(N, D)`` of every image (`evaluation.frozen_features`), with the
+    evaluation transform."""
+    config = model.config
+    transform = create_transform(config.image_size, is_training=False, crop_pct=crop_pct, interpolation="bicubic",
+                                 mean=tuple(config.image_mean), std=tuple(config.image_std))
+    features = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="features"):
+        batch = dataset[start:start + batch_size][image_column]
+        pixels = torch.stack([transform(decode_image(value)) for value in batch]).to(model.device)
+        features.append(evaluation.frozen_features(model, pixels).float().cpu())
+    return torch.cat(features)
+
+
+def logistic_regression(support: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 100) -> torch.nn.Linear:
+    """Multinomial logistic regression on L2-normalised features (L-BFGS, small L2 penalty)."""
+    classifier = torch.nn.Linear(support.shape[1], num_classes)
+    optimizer = torch.optim.LBFGS(classifier.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(classifier(support), labels) + 1e-3 * classifier.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return classifier
+
+
+def run_episodes(features: torch.Tensor, labels: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
+                 classifier: str, seed: int) -> list[float]:
+    classes, counts = np.unique(labels, return_counts=True)
+    if ways > len(classes):
+        raise ValueError(f"{ways}-way episodes need {ways} classes; the data has {len(classes)}.")
+    if shots + queries > counts.min():
+        raise ValueError(f"{shots} shots + {queries} queries per class exceed the smallest class "
+                         f"(class {classes[counts.argmin()]} has {counts.min()} images).")
+    features = F.normalize(features, dim=1)
+    rng = np.random.default_rng(seed)
+    accuracies = []
+    for _ in tqdm(range(episodes), desc="episodes"):
+        chosen = rng.choice(classes, size=ways, replace=False)
+        support, query, query_labels = [], [], []
+        for episode_label, cls in enumerate(chosen):
+            members = rng.choice(np.flatnonzero(labels == cls), size=shots + queries, replace=False)
+            support.append(features[members[:shots]])
+            query.append(features[members[shots:]])
+            query_labels += [episode_label] * queries
+        support, query, query_labels = torch.stack(support), torch.cat(query), torch.tensor(query_labels)
+        if classifier == "prototype":
+            scores = query @ F.normalize(support.mean(dim=1), dim=1).T
+        else:
+            fitted = logistic_regression(support.flatten(0, 1), torch.arange(ways).repeat_interleave(shots), ways)
+            with torch.no_grad():
+                scores = fitted(query)
+        accuracies.append(float((scores.argmax(1) == query_labels).float().mean()))
+    return accuracies
+
+
+def plot_episodes(accuracies: list[float], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.hist(accuracies, bins=min(30, max(5, len(accuracies) // 10)), color="tab:blue", alpha=0.8)
+    ax.axvline(float(np.mean(accuracies)), color="black", linestyle="--", label=f"mean {np.mean(accuracies):.3f}")
+    ax.set_xlabel("episode accuracy")
+    ax.set_ylabel("episodes")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output_dir", default="outputs/few_shot")
+    parser.add_argument("--protocol", choices=["episodes", "finetune"], default="episodes")
+    parser.add_argument("--data_dir", default=None, help="image folder with class sub-folders (default: embedded Fashion-MNIST)")
+    parser.add_argument("--dataset_name", default=None)
+    parser.add_argument("--split", default="test", help="split the episodes are drawn from")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--classifier", choices=["prototype", "logistic"], default="prototype")
+    parser.add_argument("--train_fraction", type=float, default=None, help="finetune protocol: labelled fraction instead of --shots")
+    parser.add_argument("--max_samples", type=int, default=None, help="draw episodes from the first N images of the split")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--crop_pct", type=float, default=224 / 256)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.protocol == "finetune":
+        sys.path.insert(0, str(Path(__file__).parent))
+        import run_classification
+
+        subset = ["--train_fraction", str(args.train_fraction)] if args.train_fraction else ["--shots_per_class", str(args.shots)]
+        data = (["--train_dir", args.data_dir] if args.data_dir else []) + (["--dataset_name", args.dataset_name] if args.dataset_name else [])
+        return run_classification.main(["--model", args.model, "--output_dir", args.output_dir, "--seed", str(args.seed),
+                                        *subset, *data, *passthrough])
+
+    dataset, image_column, class_names = evaluation.load_labelled_split(args.split, args.data_dir, args.dataset_name, label_column=args.label_column)
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(len(dataset), args.max_samples)))
+    model = evaluation.load_encoder(args.model).eval()
+    features = extract_features(model, dataset, image_column, args.batch_size, args.crop_pct)
+    labels = np.asarray(dataset[args.label_column])
+    accuracies = run_episodes(features, labels, args.ways, args.shots, args.queries, args.episodes, args.classifier, args.seed)
+    mean = float(np.mean(accuracies))
+    interval = float(1.96 * np.std(accuracies) / math.sqrt(len(accuracies)))
+    results = {"model": args.model, "protocol": f"{args.ways}-way {args.shots}-shot episodes", "classifier": args.classifier,
+               "episodes": args.episodes, "queries_per_class": args.queries, "seed": args.seed, "split": args.split,
+               "accuracy": mean, "ci95": interval}
+    output = Path(args.output_dir)
+    evaluation.write_results(output, results)
+    plot_episodes(accuracies, output / "few_shot_episodes.png", f"{results['protocol']} ({args.classifier}): {mean:.3f} +- {interval:.3f}")
+    dataset_type = dataset_id(args.dataset_name, args.data_dir)
+    # the backbone itself is evaluated, so its own card gets the entry when it is a local checkpoint
+    card_dir = args.model if Path(args.model).is_dir() else output
+    evaluation.add_to_model_index(card_dir, Path(args.model).name, "image-classification", f"Few-shot, {results['protocol']}",
+                                  dataset_type, dataset_type, {"accuracy": mean, "ci95": interval}, split=args.split)
+    print(f"{results['protocol']} accuracy {mean:.4f} +- {interval:.4f} (95% interval over {args.episodes} episodes) -> {output.resolve()}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Robustness of a fine-tuned classifier to common corruptions (the ImageNet-C families and
+5 severities, from the maintained `imagecorruptions-imaug` package), and its mean corruption
+error (mCE) relative to a named baseline classifier.
+
+    python training/run_robustness.py --model outputs/cls-mfm --baseline outputs/cls-scratch --output_dir outputs/robustness
+
+Each evaluation image is resized and centre-cropped to the model's input size, corrupted
+(seeded per image, corruption and severity, so model and baseline see identical images),
+normalised and classified. For corruption c, ``CE_c = sum_s err(model, c, s) / sum_s
+err(baseline, c, s)``; ``mCE`` is the mean of ``CE_c`` over corruptions (Hendrycks &
+Dietterich, 2019). Writes ``results.json``, ``corruption_errors.png`` (per-corruption error
+bars for both models) and a `model-index` entry (clean top-1 and mCE) in the model's card.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+import numpy as np
+import torch
+from torchvision.transforms import v2 as T
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageClassification
+
+import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
+from mfm_hub import evaluation
+from mfm_hub.data import dataset_id, decode_image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+try:
+    from imagecorruptions import corrupt as apply_corruption
+    from imagecorruptions import get_corruption_names
+except ImportError:  # reported with the install command when the script runs
+    apply_corruption = get_corruption_names = None
+
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+def corrupted_image(image: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+    """One corruption of a ``(H, W, 3)`` uint8 image; the package draws from NumPy's global
+    RNG, so it is seeded here per image for reproducible, identical inputs to both models."""
+    if corruption == "clean":
+        return image
+    np.random.seed(seed % (2**32))
+    return np.asarray(apply_corruption(image, corruption_name=corruption, severity=severity), dtype=np.uint8)
+
+
+@torch.no_grad()
+def error_rates(models: dict, images: list[np.ndarray], labels: np.ndarray, corruption: str, severity: int, normalize, batch_size: int,
+                seed: int) -> dict[str, float]:
+    wrong = {name: 0 for name in models}
+    for start in range(0, len(images), batch_size):
+        batch = [corrupted_image(img, corruption, severity, seed + 1_000_003 * (start + i) + 7919 * severity + hash(corruption) % 9973)
+                 for i, img in enumerate(images[start:start + batch_size])]
+        pixels = torch.stack([normalize(torch.from_numpy(img).permute(2, 0, 1)) for img in batch])
+        for name, model in models.items():
+            predictions = model(pixel_values=pixels.to(model.device)).logits.argmax(-1).cpu().numpy()
+            wrong[name] += int((predictions != labels[start:start + batch_size]).sum())
+    return {name: count / len(images) for name, count in wrong.items()}
+
+
+def plot_errors(results: dict, corruptions: list[str], path: Path, model_name: str, baseline_name: str) -> None:
+    model_err = [np.mean([results["errors"]["model"][c][str(s)] for s in SEVERITIES]) for c in corruptions]
+    base_err = [np.mean([results["errors"]["baseline"][c][str(s)] for s in SEVERITIES]) for c in corruptions]
+    x = np.arange(len(corruptions))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(corruptions) + 2), 3.6), dpi=120)
+    ax.bar(x - 0.2, model_err, width=0.4, label=f"{model_name} (mCE {results['mCE']:.3f})")
+    ax.bar(x + 0.2, base_err, width=0.4, label=f"{baseline_name} (baseline)")
+    ax.set_xticks(x, corruptions, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("top-1 error, mean over severities")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title(f"clean error: {results['clean_error']['model']:.3f} vs {results['clean_error']['baseline']:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="fine-tuned classifier checkpoint")
+    parser.add_argument("--baseline", required=True, help="classifier the corruption errors are normalised by")
+    parser.add_argument("--output_dir", default="outputs/robustness")
+    parser.add_argument("--data_dir", default=None, help="image folder with class sub-folders (default: embedded Fashion-MNIST)")
+    parser.add_argument("--dataset_name", default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--corruptions", nargs="+", default=None, help="default: the 15 ImageNet-C corruptions")
+    parser.add_argument("--max_eval_samples", type=int, default=1000)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--crop_pct", type=float, default=224 / 256)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if apply_corruption is None:
+        raise ImportError("run_robustness.py needs the corruption package: pip install 'mfm_hub[robustness]' (imagecorruptions-imaug).")
+    corruptions = args.corruptions or get_corruption_names("common")
+    unknown = sorted(set(corruptions) - set(get_corruption_names("all")))
+    if unknown:
+        raise ValueError(f"Unknown corruptions {unknown}; choose from {get_corruption_names('all')}.")
+
+    dataset, image_column, class_names = evaluation.load_labelled_split(args.split, args.data_dir, args.dataset_name, label_column=args.label_column)
+    dataset = dataset.select(range(min(len(dataset), args.max_eval_samples)))
+    models = {name: AutoModelForImageClassification.from_pretrained(path).eval() for name, path in (("model", args.model), ("baseline", args.baseline))}
+    for name, model in models.items():
+        evaluation.check_head_matches(model.config.num_labels, class_names, what=f"the {name}'s classifier")
+    config = models["model"].config
+    if (config.image_size, tuple(config.image_mean), tuple(config.image_std)) != (
+            models["baseline"].config.image_size, tuple(models["baseline"].config.image_mean), tuple(models["baseline"].config.image_std)):
+        raise ValueError("Model and baseline need the same input size and normalisation to see identical corrupted images.")
+    # the evaluation geometry of timm's eval transform; corruptions apply to the cropped uint8 image
+    resize_crop = T.Compose([T.Resize(math.floor(config.image_size / args.crop_pct), interpolation=T.InterpolationMode.BICUBIC),
+                             T.CenterCrop(config.image_size)])
+    images = [np.asarray(resize_crop(decode_image(value))) for value in dataset[image_column]]
+    labels = np.asarray(dataset[args.label_column])
+    mean, std = torch.tensor(config.image_mean).view(3, 1, 1), torch.tensor(config.image_std).view(3, 1, 1)
+
+    def normalize(uint8_chw):
+        return (uint8_chw.float() / 255 - mean) / std
+
+    clean = error_rates(models, images, labels, "clean", 0, normalize, args.batch_size, args.seed)
+    errors = {name: {} for name in models}
+    for corruption in tqdm(corruptions, desc="corruptions"):
+        for name in models:
+            errors[name][corruption] = {}
+        for severity in SEVERITIES:
+            rates = error_rates(models, images, labels, corruption, severity, normalize, args.batch_size, args.seed)
+            for name, rate in rates.items():
+                errors[name][corruption][str(severity)] = rate
+    corruption_errors = {
+        c: sum(errors["model"][c].values()) / max(sum(errors["baseline"][c].values()), 1e-12) for c in corruptions
+    }
+    results = {
+        "model": args.model, "baseline": args.baseline, "split": args.split, "eval_images": len(images), "seed": args.seed,
+        "clean_error": clean, "clean_top1": 1 - clean["model"], "errors": errors, "corruption_error": corruption_errors,
+        "mCE": float(np.mean(list(corruption_errors.values()))),
+    }
+    output = Path(args.output_dir)
+    evaluation.write_results(output, results)
+    plot_errors(results, corruptions, output / "corruption_errors.png", Path(args.model).name, Path(args.baseline).name)
+    dataset_type = dataset_id(args.dataset_name, args.data_dir)
+    evaluation.add_to_model_index(args.model, Path(args.model).name, "image-classification", f"Common corruptions (mCE vs {Path(args.baseline).name})",
+                                  f"{dataset_type}-c", f"{dataset_type} with ImageNet-C corruptions",
+                                  {"mCE": results["mCE"], "clean_top1": results["clean_top1"]}, split=args.split)
+    print(f"mCE {results['mCE']:.4f} (relative to {args.baseline}); clean top-1 {results['clean_top1']:.4f} -> {output.resolve()}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+#!/usr/bin/env python
+"""Semantic segmentation with UperNet (transformers' `UperNetForSemanticSegmentation`) on an
+MFM / FOLK backbone (`AutoBackbone`), trained with the Trainer.
+
+    python training/run_segmentation.py --model outputs/quickstart --data_dir /data/CamVid --num_labels 11 --ignore_index 11
+
+Data: a folder in the SegNet layout (``train/`` + ``trainannot/``, ``val/`` + ``valannot/``,
+``test/`` + ``testannot/``, images and label maps matched by file stem), or a `datasets`
+dataset with an image and a mask column (``--dataset_name``). Label maps hold class indices;
+``--ignore_index`` marks pixels left out of the loss and the metrics (CamVid: 11,
+"unlabelled"). Training uses random crops of ``--crop_size`` and flips; evaluation runs on
+whole images padded to a multiple of 32.
+
+Writes ``results.json`` (mIoU, mean accuracy, overall accuracy and per-class IoU on the
+evaluation split, via an `evaluate` metric), ``segmentation_overlays.png`` (image, ground
+truth, prediction), the trained model, and a `model-index` entry in its model card.
+"""
+
+import io
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments, UperNetConfig, UperNetForSemanticSegmentation, set_seed
+
+import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
+from mfm_hub import evaluation
+from mfm_hub.configuration_mfm import PRESETS, config_from_preset
+from mfm_hub.data import IMAGE_EXTENSIONS, decode_image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+logger = logging.getLogger("run_segmentation")
+EVAL_MULTIPLE = 32
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(default="vit-tiny-patch4-32", metadata={"help": "an MFM checkpoint folder or Hub id, or a preset (from scratch)"})
+    num_labels: int = field(default=11)
+    ignore_index: Optional[int] = field(default=None, metadata={"help": "label of pixels left out of loss and metrics"})
+    decoder_channels: int = field(default=256, metadata={"help": "UperNet hidden size"})
+    freeze_backbone: bool = field(default=False)
+
+
+@dataclass
+class DataArguments:
+    data_dir: Optional[str] = field(default=None, metadata={"help": "SegNet-layout folder (train/, trainannot/, ...)"})
+    dataset_name: Optional[str] = field(default=None)
+    image_column: str = field(default="image")
+    mask_column: str = field(default="mask")
+    train_split: str = field(default="train")
+    eval_split: str = field(default="val")
+    crop_size: int = field(default=128)
+    max_train_samples: Optional[int] = field(default=None)
+    max_eval_samples: Optional[int] = field(default=None)
+    num_figure_images: int = field(default=4)
+
+
+@dataclass
+class SegmentationArguments(TrainingArguments):
+    output_dir: str = field(default="outputs/segmentation")
+    learning_rate: float = field(default=2e-4)
+    weight_decay: float = field(default=0.05)
+    warmup_steps: float = field(default=0.05)
+    lr_scheduler_type: str = field(default="polynomial")
+    save_strategy: str = field(default="no")
+    logging_steps: float = field(default=10)
+    remove_unused_columns: bool = field(default=False)
+
+
+def load_segnet_folder(data_dir: str, split: str) -> datasets.Dataset:
+    """Pairs ``<split>/<stem>.*`` with ``<split>annot/<stem>.*``."""
+    images_dir, masks_dir = Path(data_dir) / split, Path(data_dir) / f"{split}annot"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise FileNotFoundError(f"Expected {images_dir} and {masks_dir} (SegNet layout).")
+    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    unmatched = [p.name for p in images if p.stem not in masks]
+    if unmatched:
+        raise ValueError(f"No label map in {masks_dir} for {len(unmatched)} images, e.g. {unmatched[:3]}.")
+    if not images:
+        raise ValueError(f"No images in {images_dir}.")
+    features = datasets.Features({"image": datasets.Image(decode=False), "mask": datasets.Image(decode=False)})
+    return datasets.Dataset.from_dict({"image": [str(p) for p in images], "mask": [str(masks[p.stem]) for p in images]}, features=features)
+
+
+def load_split(data_args: DataArguments, split: str) -> datasets.Dataset:
+    if data_args.data_dir:
+        return load_segnet_folder(data_args.data_dir, split)
+    if not data_args.dataset_name:
+        raise ValueError("Pass --data_dir (SegNet layout) or --dataset_name.")
+    dataset = datasets.load_dataset(data_args.dataset_name, split=split)
+    for column in (data_args.image_column, data_args.mask_column):
+        if column not in dataset.features:
+            raise ValueError(f"No column {column!r}; columns are {list(dataset.features)}.")
+    dataset = dataset.select_columns([data_args.image_column, data_args.mask_column])
+    dataset = dataset.rename_columns({data_args.image_column: "image", data_args.mask_column: "mask"})
+    return dataset.cast_column("image", datasets.Image(decode=False)).cast_column("mask", datasets.Image(decode=False))
+
+
+def read_label_map(value) -> tuple[np.ndarray, str]:
+    """A label map entry (``{"path", "bytes"}`` or a path) as ``(H, W)`` int64 class indices
+    (palette images give their indices), and its name for messages."""
+    if isinstance(value, dict):
+        name = value.get("path") or "<in-memory label map>"
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+    else:
+        name = source = str(value)
+    with Image.open(source) as label_image:
+        keep_values = label_image.mode in ("L", "P", "I", "I;16")
+        return np.asarray(label_image if keep_values else label_image.convert("L")).astype(np.int64), name
+
+
+def read_pair(example: dict, num_labels: int, ignore_index: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """RGB image ``(H, W, 3)`` uint8 and label map ``(H, W)`` int64, checked."""
+    image = np.asarray(decode_image(example["image"]))
+    mask, name = read_label_map(example["mask"])
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"Label map {name} is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}.")
+    valid = (mask >= 0) & (mask < num_labels)
+    if ignore_index is not None:
+        valid |= mask == ignore_index
+    if not valid.all():
+        bad = sorted(set(np.unique(mask[~valid]).tolist()))
+        hint = "" if ignore_index is not None else "; set --ignore_index if one of them marks unlabelled pixels"
+        raise ValueError(f"Label map {name} has labels {bad[:10]} outside 0..{num_labels - 1}{hint}.")
+    return image, mask
+
+
+class SegmentationBatch:
+    """Decode, check, (train) random-crop + flip or (eval) pad to a multiple of 32; normalise."""
+
+    def __init__(self, config, num_labels: int, ignore_index: Optional[int], crop_size: Optional[int]):
+        self.mean = torch.tensor(config.image_mean).view(3, 1, 1)
+        self.std = torch.tensor(config.image_std).view(3, 1, 1)
+        self.num_labels, self.ignore_index, self.crop_size = num_labels, ignore_index, crop_size
+        self.fill = ignore_index if ignore_index is not None else 255
+
+    def __call__(self, examples):
+        pixels, labels = [], []
+        for example in examples:
+            image, mask = read_pair(example, self.num_labels, self.ignore_index)
+            image = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - self.mean) / self.std
+            mask = torch.from_numpy(mask)
+            if self.crop_size:
+                image, mask = self._random_crop_flip(image, mask)
+            pixels.append(image)
+            labels.append(mask)
+        if not self.crop_size:
+            height = max(p.shape[1] for p in pixels)
+            width = max(p.shape[2] for p in pixels)
+            height, width = -(-height // EVAL_MULTIPLE) * EVAL_MULTIPLE, -(-width // EVAL_MULTIPLE) * EVAL_MULTIPLE
+            pixels = [F.pad(p, (0, width - p.shape[2], 0, height - p.shape[1])) for p in pixels]
+            labels = [F.pad(m, (0, width - m.shape[1], 0, height - m.shape[0]), value=self.fill) for m in labels]
+        return {"pixel_values": torch.stack(pixels), "labels": torch.stack(labels)}
+
+    def _random_crop_flip(self, image, mask):
+        size = self.crop_size
+        pad_h, pad_w = max(0, size - image.shape[1]), max(0, size - image.shape[2])
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h))
+            mask = F.pad(mask, (0, pad_w, 0, pad_h), value=self.fill)
+        top = int(torch.randint(0, image.shape[1] - size + 1, ()))
+        left = int(torch.randint(0, image.shape[2] - size + 1, ()))
+        image, mask = image[:, top:top + size, left:left + size], mask[top:top + size, left:left + size]
+        if torch.rand(()) < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        return image, mask
+
+
+def build_model(model_args: ModelArguments):
+    loading_encoder = model_args.model not in PRESETS
+    backbone_config = AutoConfig.from_pretrained(model_args.model) if loading_encoder else config_from_preset(model_args.model)
+    config = UperNetConfig(
+        backbone_config=backbone_config, num_labels=model_args.num_labels, hidden_size=model_args.decoder_channels,
+        auxiliary_channels=model_args.decoder_channels // 2,
+        loss_ignore_index=model_args.ignore_index if model_args.ignore_index is not None else 255,
+    )
+    model = UperNetForSemanticSegmentation(config)
+    if loading_encoder:
+        model.backbone.base_model.load_state_dict(evaluation.load_encoder(model_args.model).state_dict())
+    if model_args.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    return model
+
+
+PALETTE = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+                    [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [0, 0, 0]], dtype=np.uint8)
+
+
+def colorize(labels: np.ndarray, ignore_index: Optional[int]) -> np.ndarray:
+    palette = PALETTE if labels.max() < len(PALETTE) else np.random.default_rng(0).integers(0, 255, (int(labels.max()) + 1, 3), dtype=np.uint8)
+    out = palette[np.clip(labels, 0, len(palette) - 1)]
+    if ignore_index is not None:
+        out[labels == ignore_index] = 0
+    return out
+
+
+def plot_overlays(images, references, predictions, ignore_index, path: Path, title: str) -> None:
+    rows = len(images)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 2.4 * rows), dpi=110, squeeze=False)
+    for r, (image, reference, prediction) in enumerate(zip(images, references, predictions)):
+        for c, (panel, name) in enumerate(((image, "image"), (colorize(reference, ignore_index), "ground truth"),
+                                           ((0.5 * image + 0.5 * colorize(prediction, None)).astype(np.uint8), "prediction"))):
+            axes[r, c].imshow(panel)
+            axes[r, c].axis("off")
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, SegmentationArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    set_seed(args.seed)
+    train, test = load_split(data_args, data_args.train_split), load_split(data_args, data_args.eval_split)
+    if data_args.max_train_samples:
+        train = train.select(range(min(len(train), data_args.max_train_samples)))
+    if data_args.max_eval_samples:
+        test = test.select(range(min(len(test), data_args.max_eval_samples)))
+    model = build_model(model_args)
+    backbone_config = model.config.backbone_config
+    trainer = Trainer(model=model, args=args, train_dataset=train,
+                      data_collator=SegmentationBatch(backbone_config, model_args.num_labels, model_args.ignore_index, data_args.crop_size))
+    trainer.train()
+
+    evaluate_batch = SegmentationBatch(backbone_config, model_args.num_labels, model_args.ignore_index, crop_size=None)
+    metric = evaluation.MeanIoU()
+    figure = []
+    model.eval()
+    for index in range(len(test)):
+        example = test[index]
+        image, reference = read_pair(example, model_args.num_labels, model_args.ignore_index)
+        with torch.no_grad():
+            logits = model(pixel_values=evaluate_batch([example])["pixel_values"].to(model.device)).logits
+        prediction = logits[0, :, :reference.shape[0], :reference.shape[1]].argmax(0).cpu().numpy()
+        metric.add(predictions=prediction, references=reference)
+        if len(figure) < data_args.num_figure_images:
+            figure.append((image, reference, prediction))
+    scores = metric.compute(num_labels=model_args.num_labels, ignore_index=model_args.ignore_index)
+    results = {"model": model_args.model, "eval_split": data_args.eval_split, "eval_images": len(test), "train_images": len(train),
+               "seed": args.seed, **scores}
+    if not trainer.is_world_process_zero():
+        return results
+    output = Path(args.output_dir)
+    trainer.save_model(output)
+    evaluation.write_results(output, results)
+    plot_overlays(*zip(*figure), model_args.ignore_index, output / "segmentation_overlays.png",
+                  f"UperNet on {Path(model_args.model).name}: mIoU {scores['mean_iou']:.3f}")
+    dataset_type = data_args.dataset_name or Path(data_args.data_dir).name
+    evaluation.add_to_model_index(output, output.name, "image-segmentation", "Semantic segmentation (UperNet)", dataset_type, dataset_type,
+                                  {k: scores[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")}, split=data_args.eval_split)
+    print(f"mIoU {scores['mean_iou']:.4f}, mean accuracy {scores['mean_accuracy']:.4f}, overall accuracy {scores['overall_accuracy']:.4f} -> {output.resolve()}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
