@@ -241,12 +241,9 @@ class MFMForPreTrainingMixin:
             use this mask (shifted coordinates, 1 = kept) instead of sampling one.
         generator (`torch.Generator`, *optional*): seeds the sampled corruption.
         """
-        check_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride")
-        check_unit_range(pixel_values)
-        corrupted, frequency_mask = corrupt(pixel_values, self.config, generator, frequency_mask)
-        features, encoded = self.encode_feature_map(normalize(corrupted, self.config), output_hidden_states)
-        reconstruction = self.decoder(features)
-        loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), frequency_mask, self.config)
+        loss, reconstruction, frequency_mask, corrupted, encoded = self.reconstruct(
+            pixel_values, frequency_mask, generator, output_hidden_states
+        )
         output = MFMPreTrainingOutput(
             loss=loss,
             reconstruction=reconstruction,
@@ -255,6 +252,17 @@ class MFMForPreTrainingMixin:
             hidden_states=encoded.hidden_states,
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def reconstruct(self, pixel_values, frequency_mask=None, generator=None, output_hidden_states=None):
+        """Check, corrupt, encode and reconstruct ``(B, C, H, W)`` images in [0, 1]; returns
+        ``(loss, reconstruction, frequency_mask, corrupted, encoder outputs)``."""
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride")
+        check_unit_range(pixel_values)
+        corrupted, frequency_mask = corrupt(pixel_values, self.config, generator, frequency_mask)
+        features, encoded = self.encode_feature_map(normalize(corrupted, self.config), output_hidden_states)
+        reconstruction = self.decoder(features)
+        loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), frequency_mask, self.config)
+        return loss, reconstruction, frequency_mask, corrupted, encoded
 
 
 class MFMForImageClassificationMixin:

@@ -20,13 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .modeling_common import (
-    check_pixel_values,
-    check_unit_range,
-    corrupt,
-    normalize,
-    reconstruction_loss,
-)
+from .modeling_common import normalize
 from .modeling_mfm_resnet import MFMResNetForPreTraining
 from .modeling_mfm_vit import MFMViTForPreTraining
 
@@ -166,12 +160,7 @@ class FOLKForPreTrainingMixin:
             raise ValueError(f"FOLK takes two views per image, pixel_values of shape (batch, 2, C, H, W); got {tuple(pixel_values.shape)}.")
         config = self.config
         views = pixel_values.transpose(0, 1).reshape(-1, *pixel_values.shape[2:])  # (2B, C, H, W): all u, then all v
-        check_pixel_values(views, config.num_channels, config.encoder_stride, "encoder stride")
-        check_unit_range(views)
-        corrupted, frequency_mask = corrupt(views, config, generator, frequency_mask)
-        features, student = self.encode_feature_map(normalize(corrupted, config))
-        reconstruction = self.decoder(features)
-        rec_loss = reconstruction_loss(reconstruction, normalize(views, config), frequency_mask, config)
+        rec_loss, reconstruction, frequency_mask, corrupted, student = self.reconstruct(views, frequency_mask, generator)
         student_logits = self.student_head(student.pooler_output)
         with torch.no_grad():
             teacher_logits = self.teacher_head(self.teacher(normalize(views, config)).pooler_output).float()

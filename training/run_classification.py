@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim._param_groups import param_groups_layer_decay
+from timm.optim import param_groups_layer_decay
 from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)

@@ -320,9 +320,10 @@ def export(trainer, model_args, data_args, args, train_images, dataset, column, 
     dataset_id = mfm_data.dataset_id(data_args.dataset_name, data_args.train_dir)
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
     recipe = (
         f"AdamW (betas {args.adam_beta1}/{args.adam_beta2}, weight decay {args.weight_decay}), peak lr {args.learning_rate:.3g} "
-        f"({args.lr_scheduler_type}, warmup {args.warmup_steps}), batch {total_batch}, {trainer.state.global_step} steps, "
+        f"({schedule}, warmup {args.warmup_steps}), batch {total_batch}, {trainer.state.global_step} steps, "
         f"grad clip {args.max_grad_norm}, {precision}, seed {args.seed}"
     )
     write_model_card(output, "pretrained.md", backbone, {

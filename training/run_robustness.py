@@ -16,6 +16,7 @@ bars for both models) and a `model-index` entry (clean top-1 and mCE) in the mod
 import argparse
 import math
 import sys
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -56,7 +57,8 @@ def error_rates(models: dict, images: list[np.ndarray], labels: np.ndarray, corr
                 seed: int) -> dict[str, float]:
     wrong = {name: 0 for name in models}
     for start in range(0, len(images), batch_size):
-        batch = [corrupted_image(img, corruption, severity, seed + 1_000_003 * (start + i) + 7919 * severity + hash(corruption) % 9973)
+        # zlib.crc32, not hash(): str hashes change from process to process
+        batch = [corrupted_image(img, corruption, severity, seed + 1_000_003 * (start + i) + 7919 * severity + zlib.crc32(corruption.encode()))
                  for i, img in enumerate(images[start:start + batch_size])]
         pixels = torch.stack([normalize(torch.from_numpy(img).permute(2, 0, 1)) for img in batch])
         for name, model in models.items():
