@@ -103,6 +103,14 @@ def test_pretraining_writes_a_loadable_backbone_card_and_figures(fashion_folder,
 
 
 @pytest.mark.slow
+def test_streaming_a_local_folder(fashion_folder, tiny_config, tmp_path):
+    output = tmp_path / "streamed"
+    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, "--streaming", "--max_steps", "3", "--save_strategy", "no")) == 0
+    assert json.loads((output / "train_results.json").read_text())["global_step"] == 3
+    assert "streamed" in (output / "README.md").read_text()
+
+
+@pytest.mark.slow
 def test_loss_falls_on_a_tiny_dataset(fashion_folder, tiny_config, tmp_path):
     # all low-pass so that every step's loss measures the same task
     output = tmp_path / "run"
