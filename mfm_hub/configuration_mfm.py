@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -297,6 +297,16 @@ AUTO_MAP = {
 }
 
 
+def resolve_config(name_or_path: str, **overrides) -> MFMViTConfig | MFMResNetConfig:
+    """A preset by name, else the config of a checkpoint folder, ``config.json`` or Hub id.
+    Overrides are applied by rebuilding the config, so they go through its validation
+    (``from_pretrained(..., **kwargs)`` would set them after the checks)."""
+    if name_or_path in PRESETS:
+        return config_from_preset(name_or_path, **overrides)
+    saved = AutoConfig.from_pretrained(name_or_path)
+    return type(saved).from_dict({**saved.to_dict(), **overrides}) if overrides else saved
+
+
 def config_from_preset(name: str, **overrides) -> MFMViTConfig | MFMResNetConfig:
     """Build the config of a named preset (see `PRESETS`), with any field overridden."""
     if name not in PRESETS:
@@ -305,4 +315,4 @@ def config_from_preset(name: str, **overrides) -> MFMViTConfig | MFMResNetConfig
     return config_class(**{**fields, **overrides})
 
 
-__all__ = ["AUTO_MAP", "MFMConfigBase", "MFMResNetConfig", "MFMViTConfig", "PRESETS", "config_from_preset"]
+__all__ = ["AUTO_MAP", "MFMConfigBase", "MFMResNetConfig", "MFMViTConfig", "PRESETS", "config_from_preset", "resolve_config"]

@@ -22,7 +22,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
+from timm.data import create_transform  # noqa: E402
+from transformers import AutoModel  # noqa: E402
 
+from .configuration_mfm import PRESETS, resolve_config  # noqa: E402
 from .data import load_image_dataset  # noqa: E402
 
 # --------------------------------------------------------------------------------------
@@ -113,13 +116,19 @@ def frozen_features(model, pixel_values):
 def load_encoder(name: str):
     """An MFM encoder from a checkpoint / Hub id, or a randomly initialised preset (the
     from-scratch baseline)."""
-    from transformers import AutoModel
-
-    from .configuration_mfm import PRESETS, config_from_preset
-
     if name in PRESETS:
-        return AutoModel.from_config(config_from_preset(name))
+        return AutoModel.from_config(resolve_config(name))
     return AutoModel.from_pretrained(name)
+
+
+def timm_image_options(config) -> dict:
+    """The model's normalisation and interpolation, as timm's `create_transform` takes them."""
+    return dict(mean=tuple(config.image_mean), std=tuple(config.image_std), interpolation="bicubic")
+
+
+def eval_transform(config, crop_pct: float = 224 / 256):
+    """Evaluation preprocessing: resize to ``image_size / crop_pct``, centre-crop, normalise."""
+    return create_transform(config.image_size, is_training=False, crop_pct=crop_pct, **timm_image_options(config))
 
 
 # --------------------------------------------------------------------------------------
@@ -244,10 +253,12 @@ __all__ = [
     "load_encoder",
     "TopKAccuracy",
     "add_to_model_index",
+    "eval_transform",
     "check_head_matches",
     "fraction_indices",
     "k_shot_indices",
     "load_labelled_split",
     "plot_confusion_matrix",
+    "timm_image_options",
     "write_results",
 ]

@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
-from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import AutoModelForImageClassification, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.configuration_mfm import PRESETS, config_from_preset
+from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import dataset_id, decode_image
 
 logger = logging.getLogger("run_classification")
@@ -119,14 +119,12 @@ class ClassificationTrainer(Trainer):
 
 
 def build_model(model_args: ModelArguments, class_names: list[str]):
-    labels = {"num_labels": len(class_names), "id2label": dict(enumerate(class_names)), "label2id": {n: i for i, n in enumerate(class_names)}}
-    if model_args.model in PRESETS:
-        config = config_from_preset(model_args.model, **labels)
-    else:
-        config = AutoConfig.from_pretrained(model_args.model, **labels)
+    config = resolve_config(
+        model_args.model, num_labels=len(class_names), id2label=dict(enumerate(class_names)),
+        label2id={n: i for i, n in enumerate(class_names)}, drop_path_rate=model_args.drop_path_rate,
+    )
     if config.model_type == "mfm_vit":
         config.use_mean_pooling = model_args.use_mean_pooling
-    config.drop_path_rate = model_args.drop_path_rate
     if model_args.model in PRESETS:
         model = AutoModelForImageClassification.from_config(config)
     else:
@@ -187,7 +185,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     config = model.config
     if args.learning_rate is None:
         args.learning_rate = args.base_learning_rate * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size / 512
-    norm = dict(mean=tuple(config.image_mean), std=tuple(config.image_std), interpolation="bicubic")
+    norm = evaluation.timm_image_options(config)
     if model_args.linear_probe:  # MAE-style probe: crops and flips only
         train_transform = create_transform(config.image_size, is_training=True, no_aug=False, scale=(0.08, 1.0), hflip=0.5,
                                            color_jitter=None, auto_augment=None, re_prob=0.0, **norm)
@@ -198,7 +196,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         use_mix = data_args.mixup > 0 or data_args.cutmix > 0
         mixup = Mixup(mixup_alpha=data_args.mixup, cutmix_alpha=data_args.cutmix, label_smoothing=data_args.label_smoothing,
                       num_classes=len(class_names)) if use_mix else None
-    eval_transform = create_transform(config.image_size, is_training=False, crop_pct=data_args.crop_pct, **norm)
+    eval_transform = evaluation.eval_transform(config, data_args.crop_pct)
 
     trainer = ClassificationTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=test,

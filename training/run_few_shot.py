@@ -32,7 +32,6 @@ import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data import create_transform
 from tqdm.auto import tqdm
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
@@ -47,9 +46,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def extract_features(model, dataset, image_column: str, batch_size: int, crop_pct: float) -> torch.Tensor:
     """Frozen features ``(N, D)`` of every image (`evaluation.frozen_features`), with the
     evaluation transform."""
-    config = model.config
-    transform = create_transform(config.image_size, is_training=False, crop_pct=crop_pct, interpolation="bicubic",
-                                 mean=tuple(config.image_mean), std=tuple(config.image_std))
+    transform = evaluation.eval_transform(model.config, crop_pct)
     features = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="features"):
         batch = dataset[start:start + batch_size][image_column]

@@ -41,7 +41,7 @@ from transformers import (
 
 import mfm_hub
 from mfm_hub import data as mfm_data
-from mfm_hub.configuration_mfm import PRESETS, config_from_preset
+from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum
 from mfm_hub.visualization import logged_losses, plot_loss_curve, reconstruction_grid
@@ -234,17 +234,12 @@ def build_model(model_args: ModelArguments):
     if is_folk:
         overrides["corruption"] = "informed"
     source = Path(model_args.model)
-    if model_args.model in PRESETS:
-        config = config_from_preset(model_args.model, **overrides)
-    elif source.is_dir() or (source.suffix == ".json" and source.is_file()):
-        # rebuilt from a dict so that the overrides go through the config's validation
-        saved = transformers.AutoConfig.from_pretrained(source)
-        config = type(saved).from_dict({**saved.to_dict(), **overrides})
-        if source.is_dir():
-            model_class = FOLK_MODELS[config.model_type] if is_folk else transformers.AutoModelForPreTraining
-            return model_class.from_pretrained(source, config=config)
-    else:
+    if model_args.model not in PRESETS and not (source.is_dir() or (source.suffix == ".json" and source.is_file())):
         raise ValueError(f"--model {model_args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config.json nor a checkpoint folder.")
+    config = resolve_config(model_args.model, **overrides)
+    if source.is_dir():
+        model_class = FOLK_MODELS[config.model_type] if is_folk else transformers.AutoModelForPreTraining
+        return model_class.from_pretrained(source, config=config)
     if is_folk:
         return FOLK_MODELS[config.model_type](config)
     return transformers.AutoModelForPreTraining.from_config(config)

@@ -28,11 +28,11 @@ import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments, UperNetConfig, UperNetForSemanticSegmentation, set_seed
+from transformers import HfArgumentParser, Trainer, TrainingArguments, UperNetConfig, UperNetForSemanticSegmentation, set_seed
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.configuration_mfm import PRESETS, config_from_preset
+from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import IMAGE_EXTENSIONS, decode_image
 
 matplotlib.use("Agg")
@@ -179,15 +179,13 @@ class SegmentationBatch:
 
 
 def build_model(model_args: ModelArguments):
-    loading_encoder = model_args.model not in PRESETS
-    backbone_config = AutoConfig.from_pretrained(model_args.model) if loading_encoder else config_from_preset(model_args.model)
     config = UperNetConfig(
-        backbone_config=backbone_config, num_labels=model_args.num_labels, hidden_size=model_args.decoder_channels,
+        backbone_config=resolve_config(model_args.model), num_labels=model_args.num_labels, hidden_size=model_args.decoder_channels,
         auxiliary_channels=model_args.decoder_channels // 2,
         loss_ignore_index=model_args.ignore_index if model_args.ignore_index is not None else 255,
     )
     model = UperNetForSemanticSegmentation(config)
-    if loading_encoder:
+    if model_args.model not in PRESETS:
         model.backbone.base_model.load_state_dict(evaluation.load_encoder(model_args.model).state_dict())
     if model_args.freeze_backbone:
         model.backbone.requires_grad_(False)
