@@ -108,6 +108,10 @@ def test_streaming_a_local_folder(fashion_folder, tiny_config, tmp_path):
     assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, "--streaming", "--max_steps", "3", "--save_strategy", "no")) == 0
     assert json.loads((output / "train_results.json").read_text())["global_step"] == 3
     assert "streamed" in (output / "README.md").read_text()
+    folk = tmp_path / "folk_streamed"  # FOLK's figure takes its view pairs from the stream too
+    assert run_pretraining.main(run_args(fashion_folder, tiny_config, folk, "--streaming", "--max_steps", "2", "--save_strategy", "no",
+                                         "--method", "folk", "--folk_head_output_dim", "64")) == 0
+    assert (folk / "reconstructions.png").exists()
 
 
 @pytest.mark.slow

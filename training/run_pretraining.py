@@ -262,8 +262,9 @@ def figure_batch(train_images, dataset, column: str, config, count: int, two_vie
     """``count`` images for the figure: the first readable ones resized without augmentation
     (MFM), or the first training samples' two augmented views (FOLK)."""
     if two_views:
-        samples = (train_images[i] for i in range(len(train_images)))
-        return torch.stack([s["pixel_values"] for s in itertools.islice((s for s in samples if "pixel_values" in s), count)])
+        # iter() serves map-style (by index) and streaming datasets alike
+        readable = (sample for sample in iter(train_images) if "pixel_values" in sample)
+        return torch.stack([sample["pixel_values"] for sample in itertools.islice(readable, count)])
     processor = mfm_hub.image_processor_for_config(config, do_normalize=False)
     images = []
     for example in dataset:
