@@ -1,6 +1,7 @@
 """mfm_hub: Masked Frequency Modeling (MFM) and FOLK backbones as Hugging Face models.
 
-Importing the package registers every config and model with transformers' Auto classes.
+Importing the package registers every config and model with transformers' Auto classes and
+makes timm's RandAugment work with the installed Pillow (`mfm_hub.timm_compat`).
 """
 
 from transformers import (
@@ -11,7 +12,7 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
-from . import frequency
+from . import frequency, timm_compat
 from .configuration_mfm import (
     PRESETS,
     MFMResNetConfig,
@@ -39,6 +40,8 @@ from .modeling_mfm_vit import (
 )
 
 __version__ = "0.1.0"
+
+timm_compat.install_posterize_fix()
 
 for _config, _family in (
     (MFMViTConfig, (MFMViTModel, MFMViTForPreTraining, MFMViTForImageClassification, MFMViTBackbone)),

@@ -150,6 +150,22 @@ class ImageBatch:
         return {"pixel_values": pixels, "labels": labels}
 
 
+def training_batches(config, data_args: DataArguments, linear_probe: bool, image_column: str, num_classes: int) -> ImageBatch:
+    """The training collator: timm's augmentation (crops and flips only for a linear probe,
+    MAE-style; else RandAugment + random erasing) and, when fine-tuning, Mixup / CutMix."""
+    norm = evaluation.timm_image_options(config)
+    if linear_probe:
+        transform = create_transform(config.image_size, is_training=True, no_aug=False, scale=(0.08, 1.0), hflip=0.5,
+                                     color_jitter=None, auto_augment=None, re_prob=0.0, **norm)
+        return ImageBatch(image_column, data_args.label_column, transform)
+    transform = create_transform(config.image_size, is_training=True, auto_augment=data_args.rand_augment or None,
+                                 re_prob=data_args.reprob, color_jitter=None, **norm)
+    use_mix = data_args.mixup > 0 or data_args.cutmix > 0
+    mixup = Mixup(mixup_alpha=data_args.mixup, cutmix_alpha=data_args.cutmix, label_smoothing=data_args.label_smoothing,
+                  num_classes=num_classes) if use_mix else None
+    return ImageBatch(image_column, data_args.label_column, transform, mixup)
+
+
 def subset_for_training(dataset, data_args: DataArguments, label_column: str, seed: int):
     if data_args.shots_per_class is not None and data_args.train_fraction is not None:
         raise ValueError("Use either --shots_per_class or --train_fraction, not both.")
@@ -185,22 +201,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     config = model.config
     if args.learning_rate is None:
         args.learning_rate = args.base_learning_rate * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size / 512
-    norm = evaluation.timm_image_options(config)
-    if model_args.linear_probe:  # MAE-style probe: crops and flips only
-        train_transform = create_transform(config.image_size, is_training=True, no_aug=False, scale=(0.08, 1.0), hflip=0.5,
-                                           color_jitter=None, auto_augment=None, re_prob=0.0, **norm)
-        mixup = None
-    else:
-        train_transform = create_transform(config.image_size, is_training=True, auto_augment=data_args.rand_augment or None,
-                                           re_prob=data_args.reprob, color_jitter=None, **norm)
-        use_mix = data_args.mixup > 0 or data_args.cutmix > 0
-        mixup = Mixup(mixup_alpha=data_args.mixup, cutmix_alpha=data_args.cutmix, label_smoothing=data_args.label_smoothing,
-                      num_classes=len(class_names)) if use_mix else None
     eval_transform = evaluation.eval_transform(config, data_args.crop_pct)
 
     trainer = ClassificationTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=test,
-        data_collator=ImageBatch(image_column, data_args.label_column, train_transform, mixup),
+        data_collator=training_batches(config, data_args, model_args.linear_probe, image_column, len(class_names)),
         label_smoothing=data_args.label_smoothing, layer_decay=None if model_args.linear_probe else model_args.layer_decay,
     )
     trainer.train()

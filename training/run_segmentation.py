@@ -123,7 +123,7 @@ def read_label_map(value) -> tuple[np.ndarray, str]:
 
 def read_pair(example: dict, num_labels: int, ignore_index: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
     """RGB image ``(H, W, 3)`` uint8 and label map ``(H, W)`` int64, checked."""
-    image = np.asarray(decode_image(example["image"]))
+    image = np.array(decode_image(example["image"]))
     mask, name = read_label_map(example["mask"])
     if mask.shape != image.shape[:2]:
         raise ValueError(f"Label map {name} is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}.")
