@@ -46,7 +46,15 @@ class MFMConfigBase(PreTrainedConfig):
     initializer_range (`float`): std of the truncated-normal init of linear layers.
     folk_head_hidden_dim, folk_head_bottleneck_dim, folk_head_output_dim (`int`): FOLK's
         projection head (DINO-style MLP -> L2-normalised bottleneck -> prototypes).
-    folk_student_temperature, folk_teacher_temperature (`float`): softmax temperatures (0.1, 0.04).
+    folk_student_temperature, folk_teacher_temperature (`float`): softmax temperatures (0.1, 0.02;
+        DINO's teacher uses 0.04, which left the targets near uniform here, see docs/FOLK.md).
+    folk_warmup_teacher_temperature (`float`), folk_teacher_temperature_warmup_ratio (`float`):
+        the teacher temperature starts at the first and rises linearly to
+        ``folk_teacher_temperature`` over this fraction of the run (DINO's warm-up).
+    folk_normalize_prototypes (`bool`): use the prototypes at unit norm (DINO's
+        weight-normalised last layer), so logits stay cosines whatever their raw scale.
+    folk_freeze_prototypes_ratio (`float`): the student's prototypes are not updated during
+        this first fraction of the run (DINO freezes its last layer for the first epoch).
     folk_center_momentum (`float`): EMA momentum of the teacher-output centre (0.9).
     folk_ema_momentum (`float`): teacher EMA momentum at the start, raised to 1.0 on a cosine
         schedule over the run (0.996).
@@ -81,7 +89,11 @@ class MFMConfigBase(PreTrainedConfig):
     folk_head_bottleneck_dim: int = 256
     folk_head_output_dim: int = 4096
     folk_student_temperature: float = 0.1
-    folk_teacher_temperature: float = 0.04
+    folk_teacher_temperature: float = 0.02
+    folk_warmup_teacher_temperature: float = 0.02
+    folk_teacher_temperature_warmup_ratio: float = 0.0
+    folk_normalize_prototypes: bool = True
+    folk_freeze_prototypes_ratio: float = 0.0
     folk_center_momentum: float = 0.9
     folk_ema_momentum: float = 0.996
     folk_distillation_weight: float = 1.0
@@ -125,9 +137,9 @@ class MFMConfigBase(PreTrainedConfig):
         _check(self.loss_gamma > 0, f"`loss_gamma` must be > 0, got {self.loss_gamma!r}.")
         for name in ("folk_head_hidden_dim", "folk_head_bottleneck_dim", "folk_head_output_dim"):
             _check(getattr(self, name) >= 1, f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
-        for name in ("folk_student_temperature", "folk_teacher_temperature"):
+        for name in ("folk_student_temperature", "folk_teacher_temperature", "folk_warmup_teacher_temperature"):
             _check(getattr(self, name) > 0, f"`{name}` must be > 0, got {getattr(self, name)!r}.")
-        for name in ("folk_center_momentum", "folk_ema_momentum"):
+        for name in ("folk_center_momentum", "folk_ema_momentum", "folk_teacher_temperature_warmup_ratio", "folk_freeze_prototypes_ratio"):
             _check(0.0 <= getattr(self, name) <= 1.0, f"`{name}` must be in [0, 1], got {getattr(self, name)!r}.")
         _check(
             self.folk_distillation_weight >= 0 and self.folk_reconstruction_weight >= 0,
@@ -163,6 +175,9 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
     add_fpn (`bool`): turn four stride-p maps into strides p/4, p/2, p, 2p (BEiT's
         segmentation neck) so UperNet gets a feature pyramid; defaults to ``True`` when the
         model has at least 4 blocks.
+    folk_head_pooling (`str`): what FOLK's projection heads read: ``"mean"`` (the mean of
+        the final patch tokens, the features the reconstruction shapes and the evaluation
+        uses) or ``"cls"`` (the cls token, as DINO / iBOT).
     """
 
     model_type = "mfm_vit"
@@ -180,6 +195,7 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
     attention_dropout_prob: float = 0.0
     use_mean_pooling: bool = False
     add_fpn: bool | None = None
+    folk_head_pooling: str = "mean"
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -195,6 +211,7 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
         )
         _check(self.num_hidden_layers >= 1, f"`num_hidden_layers` must be >= 1, got {self.num_hidden_layers!r}.")
         _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
+        _check(self.folk_head_pooling in ("mean", "cls"), f"`folk_head_pooling` must be 'mean' or 'cls', got {self.folk_head_pooling!r}.")
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
         if out_indices is None and out_features is None:

@@ -32,6 +32,10 @@ class FOLKPreTrainingOutput(ModelOutput):
 
     loss (`torch.FloatTensor`): ``w_rec * reconstruction_loss + w_dist * distillation_loss``.
     reconstruction_loss, distillation_loss (`torch.FloatTensor`): the two terms.
+    teacher_entropy (`torch.FloatTensor`): mean entropy (nats) of the teacher's targets;
+        ``log K`` means uniform targets, which teach nothing.
+    teacher_marginal_kl (`torch.FloatTensor`): KL (nats) between the batch-mean target and
+        the uniform distribution; ``log K`` means every image got the same prototype.
     reconstruction (`(2B, C, H, W)`): the student's prediction of the normalised views.
     frequency_mask (`(2B, 1, H, W)`): the Com/RCom masks (shifted coordinates, 1 = kept).
     corrupted_pixel_values (`(2B, C, H, W)`): the filtered views in [0, 1].
@@ -40,24 +44,41 @@ class FOLKPreTrainingOutput(ModelOutput):
     loss: Optional[torch.FloatTensor] = None
     reconstruction_loss: Optional[torch.FloatTensor] = None
     distillation_loss: Optional[torch.FloatTensor] = None
+    teacher_entropy: Optional[torch.FloatTensor] = None
+    teacher_marginal_kl: Optional[torch.FloatTensor] = None
     reconstruction: Optional[torch.FloatTensor] = None
     frequency_mask: Optional[torch.FloatTensor] = None
     corrupted_pixel_values: Optional[torch.FloatTensor] = None
 
 
-class ProjectionHead(nn.Module):
-    """DINO-style head: 3-layer MLP (GELU) -> L2-normalised bottleneck -> linear prototypes.
-    ``(N, in_dim) -> (N, output_dim)`` logits. (DINO weight-normalises the last layer; a
-    plain linear layer keeps the EMA a plain average of parameters.)"""
+class Prototypes(nn.Linear):
+    """The head's last layer, ``(N, bottleneck) -> (N, K)`` logits, without bias. With
+    ``normalize`` every prototype is used at unit norm (DINO's weight-normalised last layer
+    with its norm fixed to 1): the logits are cosines in [-1, 1] whatever weight decay and
+    the optimiser do to the raw weights, so the temperatures alone set how sharp the
+    distributions can be. The stored weight stays a plain parameter, so the teacher's EMA
+    is still a plain average of parameters."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, output_dim: int):
+    def __init__(self, in_features: int, out_features: int, normalize: bool = True):
+        super().__init__(in_features, out_features, bias=False)
+        self.normalize = normalize
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(features, F.normalize(self.weight, dim=-1) if self.normalize else self.weight)
+
+
+class ProjectionHead(nn.Module):
+    """DINO-style head: 3-layer MLP (GELU) -> L2-normalised bottleneck -> `Prototypes`.
+    ``(N, in_dim) -> (N, output_dim)`` logits."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, output_dim: int, normalize_prototypes: bool = True):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.GELU(),
             nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim),
         )
-        self.prototypes = nn.Linear(bottleneck_dim, output_dim, bias=False)
+        self.prototypes = Prototypes(bottleneck_dim, output_dim, normalize_prototypes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.prototypes(F.normalize(self.mlp(features), dim=-1))
@@ -68,6 +89,34 @@ def ema_momentum(step: int, total_steps: int, base: float) -> float:
     ``base`` at the start to 1 at the end, ``1 - (1 - base) * (cos(pi * step / total) + 1) / 2``."""
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def teacher_temperature(step: int, total_steps: int, config) -> float:
+    """Teacher temperature at optimizer step ``step`` of ``total_steps``: linear from
+    ``folk_warmup_teacher_temperature`` to ``folk_teacher_temperature`` over the first
+    ``folk_teacher_temperature_warmup_ratio`` of the run (DINO's warm-up), then constant."""
+    warmup = config.folk_teacher_temperature_warmup_ratio * total_steps
+    if step >= warmup:
+        return config.folk_teacher_temperature
+    start, end = config.folk_warmup_teacher_temperature, config.folk_teacher_temperature
+    return start + (end - start) * step / warmup
+
+
+def prototypes_frozen(step: int, total_steps: int, config) -> bool:
+    """Whether optimizer step ``step`` (0-based) leaves the student's prototypes alone (DINO
+    freezes its last layer in the first epoch: the prototypes move only once the features
+    under them have started to organise)."""
+    return step < config.folk_freeze_prototypes_ratio * total_steps
+
+
+def distribution_statistics(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean entropy of the rows, KL(mean row || uniform))`` of ``(N, K)`` probabilities,
+    in nats. A uniform collapse has entropy ``log K`` and KL 0; a collapse onto one
+    prototype has entropy 0 and KL ``log K``; healthy targets have both well inside."""
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    marginal = probs.mean(dim=0)
+    kl_uniform = (marginal * (marginal.clamp_min(1e-12) * probs.shape[-1]).log()).sum()
+    return entropy, kl_uniform
 
 
 def cross_view_distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -88,11 +137,15 @@ class FOLKForPreTrainingMixin:
     def _add_folk_modules(self) -> None:
         config = self.config
         head = dict(in_dim=config.num_features, hidden_dim=config.folk_head_hidden_dim,
-                    bottleneck_dim=config.folk_head_bottleneck_dim, output_dim=config.folk_head_output_dim)
+                    bottleneck_dim=config.folk_head_bottleneck_dim, output_dim=config.folk_head_output_dim,
+                    normalize_prototypes=config.folk_normalize_prototypes)
         self.student_head = ProjectionHead(**head)
         self.teacher = type(self.base_model)(config)
         self.teacher_head = ProjectionHead(**head)
         self.register_buffer("center", torch.zeros(1, config.folk_head_output_dim))
+        #: set per optimizer step by the training schedule (`teacher_temperature`); a model
+        #: used outside training uses the final value
+        self.teacher_temperature = config.folk_teacher_temperature
         self.post_init()
         self.reset_teacher()
 
@@ -116,6 +169,15 @@ class FOLKForPreTrainingMixin:
             student_params += [p.detach() for p in student.parameters()]
         torch._foreach_mul_(teacher_params, momentum)
         torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+
+    def head_features(self, encoded) -> torch.Tensor:
+        """``(N, D)`` features the projection heads read from an encoder output."""
+        return encoded.pooler_output
+
+    def drop_prototype_gradients(self) -> None:
+        """Leave the student's prototypes out of the coming optimizer step (AdamW skips a
+        parameter without a gradient: no update, no weight decay, no moment change)."""
+        self.student_head.prototypes.weight.grad = None
 
     def exported_backbone(self):
         """The encoder a FOLK run publishes (``config.folk_export``)."""
@@ -161,10 +223,11 @@ class FOLKForPreTrainingMixin:
         config = self.config
         views = pixel_values.transpose(0, 1).reshape(-1, *pixel_values.shape[2:])  # (2B, C, H, W): all u, then all v
         rec_loss, reconstruction, frequency_mask, corrupted, student = self.reconstruct(views, frequency_mask, generator)
-        student_logits = self.student_head(student.pooler_output)
+        student_logits = self.student_head(self.head_features(student))
         with torch.no_grad():
-            teacher_logits = self.teacher_head(self.teacher(normalize(views, config)).pooler_output).float()
-            teacher_probs = F.softmax((teacher_logits - self.center) / config.folk_teacher_temperature, dim=-1)
+            teacher_logits = self.teacher_head(self.head_features(self.teacher(normalize(views, config)))).float()
+            teacher_probs = F.softmax((teacher_logits - self.center) / self.teacher_temperature, dim=-1)
+            teacher_entropy, teacher_marginal_kl = distribution_statistics(teacher_probs)
             if self.training:
                 self._update_center(teacher_logits)
         dist_loss = cross_view_distillation_loss(student_logits, teacher_probs, config.folk_student_temperature)
@@ -173,6 +236,8 @@ class FOLKForPreTrainingMixin:
             loss=loss,
             reconstruction_loss=rec_loss.detach(),
             distillation_loss=dist_loss.detach(),
+            teacher_entropy=teacher_entropy,
+            teacher_marginal_kl=teacher_marginal_kl,
             reconstruction=reconstruction,
             frequency_mask=frequency_mask,
             corrupted_pixel_values=corrupted,
@@ -181,11 +246,17 @@ class FOLKForPreTrainingMixin:
 
 
 class FOLKViTForPreTraining(FOLKForPreTrainingMixin, MFMViTForPreTraining):
-    """FOLK on the MFM ViT: the head reads the cls token (after the final norm)."""
+    """FOLK on the MFM ViT: the heads read the mean of the final patch tokens, or the cls
+    token with ``folk_head_pooling="cls"``."""
 
     def __init__(self, config):
         super().__init__(config)
         self._add_folk_modules()
+
+    def head_features(self, encoded) -> torch.Tensor:
+        if self.config.folk_head_pooling == "cls":
+            return encoded.last_hidden_state[:, 0]
+        return encoded.last_hidden_state[:, 1:].mean(dim=1)
 
 
 class FOLKResNetForPreTraining(FOLKForPreTrainingMixin, MFMResNetForPreTraining):
@@ -201,6 +272,10 @@ __all__ = [
     "FOLKResNetForPreTraining",
     "FOLKViTForPreTraining",
     "ProjectionHead",
+    "Prototypes",
     "cross_view_distillation_loss",
+    "distribution_statistics",
     "ema_momentum",
+    "prototypes_frozen",
+    "teacher_temperature",
 ]

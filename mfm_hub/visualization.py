@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -22,20 +23,28 @@ def logged_losses(log_history: list[dict]) -> list[tuple[int, float]]:
     return points or [(entry["step"], entry["train_loss"]) for entry in log_history if "train_loss" in entry]
 
 
-def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre-training loss") -> Path:
-    """Training loss (and learning rate, on a second axis) against the optimizer step."""
+def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre-training loss",
+                    num_prototypes: Optional[int] = None) -> Path:
+    """Training loss (and learning rate, on a second axis) against the optimizer step. For
+    FOLK, the two loss terms too, and a second panel with the teacher's target statistics
+    (mean entropy and KL of the mean target to uniform) against ``log K``, the value of a
+    uniform (entropy) or single-prototype (KL) collapse."""
     points = logged_losses(log_history)
     if not points:
         raise ValueError("The log history holds no training loss.")
     rates = [(entry["step"], entry["learning_rate"]) for entry in log_history if "learning_rate" in entry]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    statistics = {term: [(entry["step"], entry[term]) for entry in log_history if term in entry and "step" in entry]
+                  for term in ("teacher_entropy", "teacher_marginal_kl")}
+    with_statistics = any(statistics.values())
+    fig, axes = plt.subplots(1, 2 if with_statistics else 1, figsize=(11 if with_statistics else 6, 3.6), dpi=120, squeeze=False)
+    ax = axes[0, 0]
     ax.plot(*zip(*points), color="tab:blue", marker="." if len(points) < 50 else None, label="loss")
     for term, color in (("reconstruction_loss", "tab:green"), ("distillation_loss", "tab:red")):
         series = [(entry["step"], entry[term]) for entry in log_history if term in entry and "step" in entry]
         if series:
             ax.plot(*zip(*series), color=color, linestyle="--", label=term.replace("_", " "))
     if any("distillation_loss" in entry for entry in log_history):
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="best")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("frequency loss", color="tab:blue")
     ax.set_title(title)
@@ -44,6 +53,18 @@ def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre
         twin = ax.twinx()
         twin.plot(*zip(*rates), color="tab:orange", alpha=0.6, label="learning rate")
         twin.set_ylabel("learning rate", color="tab:orange")
+    if with_statistics:
+        ax = axes[0, 1]
+        for (term, series), color in zip(statistics.items(), ("tab:purple", "tab:brown")):
+            if series:
+                ax.plot(*zip(*series), color=color, label=term.replace("_", " "))
+        if num_prototypes:
+            ax.axhline(math.log(num_prototypes), color="black", linestyle=":", label=f"log K (K = {num_prototypes})")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("nats")
+        ax.set_title("teacher targets: entropy (uniform = log K), KL of their mean to uniform", fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

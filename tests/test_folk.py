@@ -28,7 +28,14 @@ from mfm_hub import (
     MFMViTModel,
 )
 from mfm_hub.data import FASHION_MNIST_DIR
-from mfm_hub.modeling_folk import cross_view_distillation_loss, ema_momentum
+from mfm_hub.modeling_folk import (
+    Prototypes,
+    cross_view_distillation_loss,
+    distribution_statistics,
+    ema_momentum,
+    prototypes_frozen,
+    teacher_temperature,
+)
 
 SMALL_HEAD = dict(corruption="informed", folk_head_output_dim=64, folk_head_hidden_dim=32, folk_head_bottleneck_dim=16)
 FAMILIES = {"vit": (FOLKViTForPreTraining, tiny_vit_config), "resnet": (FOLKResNetForPreTraining, tiny_resnet_config)}
@@ -93,12 +100,85 @@ def test_centre_moves_towards_the_teacher_mean():
     from mfm_hub.modeling_common import normalize
 
     with torch.no_grad():
-        teacher_mean = model.teacher_head(model.teacher(normalize(views, model.config)).pooler_output).mean(0, keepdim=True)
+        teacher_mean = model.teacher_head(model.head_features(model.teacher(normalize(views, model.config)))).mean(0, keepdim=True)
     model(pixels)
     assert torch.allclose(model.center, 0.5 * teacher_mean, atol=1e-6)
     model.eval()
     model(pixels)
     assert torch.allclose(model.center, 0.5 * teacher_mean, atol=1e-6)  # no update in eval
+
+
+def test_unit_norm_prototypes_give_cosines_whatever_the_weight_scale():
+    layer = Prototypes(16, 32, normalize=True)
+    features = F.normalize(torch.randn(5, 16), dim=-1)
+    logits = layer(features)
+    assert logits.abs().max() <= 1 + 1e-6
+    with torch.no_grad():
+        layer.weight.mul_(0.01)  # what weight decay does to the raw weights
+    assert torch.allclose(layer(features), logits, atol=1e-6)
+    plain = Prototypes(16, 32, normalize=False)
+    plain.weight.data.copy_(layer.weight)
+    assert torch.allclose(plain(features), features @ layer.weight.T)
+
+
+def test_teacher_temperature_warms_up_linearly():
+    config = tiny_vit_config(folk_warmup_teacher_temperature=0.02, folk_teacher_temperature=0.06, folk_teacher_temperature_warmup_ratio=0.5)
+    assert teacher_temperature(0, 100, config) == pytest.approx(0.02)
+    assert teacher_temperature(25, 100, config) == pytest.approx(0.04)
+    assert teacher_temperature(50, 100, config) == pytest.approx(0.06)
+    assert teacher_temperature(99, 100, config) == pytest.approx(0.06)
+    assert teacher_temperature(0, 100, tiny_vit_config(folk_teacher_temperature=0.05)) == pytest.approx(0.05)  # no warm-up
+
+
+def test_target_statistics_recognise_both_collapses():
+    k = 16
+    uniform = torch.full((4, k), 1 / k)
+    entropy, kl = distribution_statistics(uniform)
+    assert entropy.item() == pytest.approx(math.log(k), rel=1e-5) and kl.item() == pytest.approx(0, abs=1e-6)
+    one_prototype = F.one_hot(torch.zeros(4, dtype=torch.long), k).float()
+    entropy, kl = distribution_statistics(one_prototype)
+    assert entropy.item() == pytest.approx(0, abs=1e-6) and kl.item() == pytest.approx(math.log(k), rel=1e-5)
+    spread = F.one_hot(torch.arange(4), k).float()  # sharp and every image a different prototype
+    entropy, kl = distribution_statistics(spread)
+    assert entropy.item() == pytest.approx(0, abs=1e-6) and kl.item() == pytest.approx(math.log(k / 4), rel=1e-5)
+
+
+def test_forward_reports_target_statistics_and_uses_the_scheduled_temperature():
+    model = folk_model().eval()
+    pixels = torch.rand(3, 2, 3, 32, 32)
+    out = model(pixels)
+    assert 0 <= out.teacher_entropy.item() <= math.log(64) + 1e-4 and 0 <= out.teacher_marginal_kl.item() <= math.log(64) + 1e-4
+    model.teacher_temperature = 0.001  # sharper targets
+    assert model(pixels).teacher_entropy < out.teacher_entropy
+
+
+def test_frozen_prototypes_sit_out_the_optimizer_step():  # noqa: F811
+    model = folk_model(folk_freeze_prototypes_ratio=0.1).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.05)
+    callback = run_pretraining.FOLKScheduleCallback()
+    for step, frozen in ((0, True), (9, True), (10, False)):
+        assert prototypes_frozen(step, 100, model.config) == frozen
+        before = model.student_head.prototypes.weight.detach().clone()
+        mlp_before = model.student_head.mlp[0].weight.detach().clone()
+        state = type("State", (), {"global_step": step, "max_steps": 100})()
+        callback.on_step_begin(None, state, None, model=model)
+        model(torch.rand(2, 2, 3, 32, 32)).loss.backward()
+        callback.on_pre_optimizer_step(None, state, None, model=model)
+        optimizer.step()
+        optimizer.zero_grad()
+        assert torch.equal(model.student_head.prototypes.weight, before) == frozen
+        assert not torch.equal(model.student_head.mlp[0].weight, mlp_before)
+
+
+def test_vit_heads_read_mean_patch_tokens_or_the_cls_token():
+    pixels = torch.rand(2, 2, 3, 32, 32)
+    for pooling, pick in (("mean", lambda h: h[:, 1:].mean(1)), ("cls", lambda h: h[:, 0])):
+        model = folk_model(folk_head_pooling=pooling).eval()
+        encoded = model.teacher(torch.rand(4, 3, 32, 32))
+        assert torch.equal(model.head_features(encoded), pick(encoded.last_hidden_state))
+        model(pixels)
+    with pytest.raises(ValueError, match="folk_head_pooling"):
+        tiny_vit_config(folk_head_pooling="max")
 
 
 def test_folk_needs_two_views():
@@ -121,6 +201,10 @@ def test_bad_folk_config_values():
         tiny_vit_config(folk_export="both")
     with pytest.raises(ValueError, match="folk_ema_momentum"):
         tiny_vit_config(folk_ema_momentum=1.5)
+    with pytest.raises(ValueError, match="folk_warmup_teacher_temperature"):
+        tiny_vit_config(folk_warmup_teacher_temperature=-0.01)
+    with pytest.raises(ValueError, match="folk_freeze_prototypes_ratio"):
+        tiny_vit_config(folk_freeze_prototypes_ratio=1.2)
 
 
 FOLK_ARGS = ["--method", "folk", "--folk_head_output_dim", "64"]
@@ -137,10 +221,16 @@ def test_folk_run_exports_a_backbone_and_its_loss_falls(fashion_folder, tiny_con
     history = [e for e in json.loads((output / "train_results.json").read_text())["log_history"] if "loss" in e]
     reconstruction = [e["reconstruction_loss"] for e in history]
     assert sum(reconstruction[-5:]) < 0.9 * sum(reconstruction[:5]), reconstruction
-    # with near-uniform heads the distillation term starts at its floor, log(K)
-    distillation = [e["distillation_loss"] for e in history]
-    assert all(0 < d < math.log(64) + 0.5 for d in distillation), distillation
     assert all(e["loss"] == pytest.approx(e["reconstruction_loss"] + e["distillation_loss"], rel=1e-4) for e in history)
+    # the distillation term learns: targets well below log K (not uniform), their mean well
+    # away from one prototype (no collapse), and the student follows them
+    log_k = math.log(64)
+    last = history[-10:]
+    mean = {term: sum(e[term] for e in last) / len(last) for term in ("distillation_loss", "teacher_entropy", "teacher_marginal_kl")}
+    assert mean["distillation_loss"] < log_k - 0.5 and mean["teacher_entropy"] < log_k - 1.0, mean
+    assert 0 < mean["teacher_marginal_kl"] < log_k - 1.0, mean
+    figure_terms = ("teacher_entropy", "teacher_marginal_kl")
+    assert all(term in e for e in history for term in figure_terms)
     card = (output / "README.md").read_text()
     assert "FOLK pre-training" in card and "teacher encoder" in card
     assert (output / "reconstructions.png").exists()
@@ -148,8 +238,23 @@ def test_folk_run_exports_a_backbone_and_its_loss_falls(fashion_folder, tiny_con
 
 @needs_data
 @pytest.mark.slow
+def test_first_release_folk_settings_stay_at_log_k(fashion_folder, tiny_config, tmp_path):  # noqa: F811
+    """The same run with the first release's head (plain prototypes, cls token, teacher
+    temperature 0.04) keeps its distillation term at log K: what the test above guards."""
+    output = tmp_path / "before"
+    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, *FOLK_ARGS, "--max_steps", "30", "--save_strategy", "no",
+                                         "--learning_rate", "2e-3", "--folk_normalize_prototypes", "false", "--folk_head_pooling", "cls",
+                                         "--folk_teacher_temperature", "0.04")) == 0
+    history = [e for e in json.loads((output / "train_results.json").read_text())["log_history"] if "loss" in e]
+    assert all(abs(e["distillation_loss"] - math.log(64)) < 0.25 for e in history[-10:]), [e["distillation_loss"] for e in history]
+
+
+@needs_data
+@pytest.mark.slow
 def test_folk_resume_is_exact_teacher_and_centre_included(fashion_folder, tiny_config, tmp_path):  # noqa: F811
-    common = [*FOLK_ARGS, "--max_steps", "8", "--save_steps", "3", "--save_total_limit", "5", "--gradient_accumulation_steps", "2"]
+    # the schedules (temperature warm-up, frozen prototypes) run across the resume point
+    common = [*FOLK_ARGS, "--max_steps", "8", "--save_steps", "3", "--save_total_limit", "5", "--gradient_accumulation_steps", "2",
+              "--folk_warmup_teacher_temperature", "0.01", "--folk_teacher_temperature_warmup_ratio", "0.75", "--folk_freeze_prototypes_ratio", "0.5"]
     run_pretraining.main(run_args(fashion_folder, tiny_config, tmp_path / "straight", *common))
     import shutil
 
@@ -160,6 +265,10 @@ def test_folk_resume_is_exact_teacher_and_centre_included(fashion_folder, tiny_c
     resumed = load_file(tmp_path / "resumed" / "checkpoint-8" / "model.safetensors")
     assert any(k.startswith("teacher.") for k in straight) and "center" in straight
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    # frozen student prototypes leave the teacher's copy where it started, equal to them
+    early = load_file(tmp_path / "straight" / "checkpoint-3" / "model.safetensors")
+    assert torch.allclose(early["student_head.prototypes.weight"], early["teacher_head.prototypes.weight"], atol=1e-6)
+    assert not torch.allclose(straight["student_head.prototypes.weight"], straight["teacher_head.prototypes.weight"], atol=1e-6)
     # the teacher moved, but slower than the student
     start = load_file(tmp_path / "resumed" / "checkpoint-3" / "model.safetensors")
     key = "mfm_vit.encoder.pos_embed"

@@ -43,7 +43,7 @@ import mfm_hub
 from mfm_hub import data as mfm_data
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
-from mfm_hub.modeling_folk import ema_momentum
+from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
 from mfm_hub.visualization import logged_losses, plot_loss_curve, reconstruction_grid
 
 logger = logging.getLogger("run_pretraining")
@@ -74,10 +74,19 @@ class ModelArguments:
     noise_sigma: Optional[float] = field(default=None, metadata={"help": "denoise noise sigma on [0, 1] images (75/255)"})
     drop_path_rate: Optional[float] = field(default=None, metadata={"help": "stochastic depth (0 in MFM)"})
     folk_head_output_dim: Optional[int] = field(default=None, metadata={"help": "FOLK: prototypes of the projection head (4096)"})
-    folk_teacher_temperature: Optional[float] = field(default=None, metadata={"help": "FOLK: teacher softmax temperature (0.04)"})
+    folk_teacher_temperature: Optional[float] = field(default=None, metadata={"help": "FOLK: teacher softmax temperature (0.02)"})
     folk_student_temperature: Optional[float] = field(default=None, metadata={"help": "FOLK: student softmax temperature (0.1)"})
     folk_ema_momentum: Optional[float] = field(default=None, metadata={"help": "FOLK: initial teacher EMA momentum, cosine to 1 (0.996)"})
     folk_distillation_weight: Optional[float] = field(default=None, metadata={"help": "FOLK: weight of the distillation loss (1)"})
+    folk_reconstruction_weight: Optional[float] = field(default=None, metadata={"help": "FOLK: weight of the reconstruction loss (1)"})
+    folk_warmup_teacher_temperature: Optional[float] = field(default=None, metadata={"help": "FOLK: teacher temperature at the start of the warm-up (0.02)"})
+    folk_teacher_temperature_warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "FOLK: fraction of the run over which the teacher temperature warms up (0)"})
+    folk_normalize_prototypes: Optional[bool] = field(default=None, metadata={"help": "FOLK: unit-norm prototypes (true)"})
+    folk_freeze_prototypes_ratio: Optional[float] = field(
+        default=None, metadata={"help": "FOLK: fraction of the run during which the student's prototypes stay frozen (0)"})
+    folk_head_pooling: Optional[str] = field(default=None, metadata={"help": "FOLK ViT: heads read the 'mean' patch token (default) or 'cls'"})
+    folk_center_momentum: Optional[float] = field(default=None, metadata={"help": "FOLK: momentum of the teacher-output centre (0.9)"})
     folk_export: Optional[str] = field(default=None, metadata={"help": "FOLK: export the 'teacher' (default) or 'student' encoder"})
 
 
@@ -132,9 +141,10 @@ class NonFiniteLossError(FloatingPointError):
 class MFMPretrainingTrainer(Trainer):
     """Trainer with the MFM weight-decay split, a stop on a non-finite loss (before the
     optimizer step, so no checkpoint ever holds the damage), and, for FOLK, the two loss
-    terms logged beside the total (this process's mean since the last log)."""
+    terms and the teacher's target statistics logged beside the total (this process's mean
+    since the last log)."""
 
-    LOSS_TERMS = ("reconstruction_loss", "distillation_loss")
+    LOSS_TERMS = ("reconstruction_loss", "distillation_loss", "teacher_entropy", "teacher_marginal_kl")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -184,11 +194,20 @@ class EpochCallback(TrainerCallback):
         self.dataset.set_epoch(mfm_data.epoch_of(state.epoch))
 
 
-class TeacherEMACallback(TrainerCallback):
-    """FOLK: after every optimizer step (so once per accumulated batch, and identically on
-    every DDP rank) move the teacher towards the student with the cosine momentum schedule.
-    The teacher and centre live in the model's state dict and the schedule position is the
-    Trainer's global step, so checkpoints restore all three."""
+class FOLKScheduleCallback(TrainerCallback):
+    """FOLK's per-step schedules, all functions of the Trainer's global step (so a resumed run
+    continues exactly, and every DDP rank does the same): the teacher temperature is set
+    before each optimizer step, the student's prototypes sit out the steps
+    `prototypes_frozen` names, and after every optimizer step (once per accumulated batch)
+    the teacher moves towards the student with the cosine momentum schedule. The teacher and
+    centre live in the model's state dict, so checkpoints restore them."""
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        model.teacher_temperature = teacher_temperature(state.global_step, state.max_steps, model.config)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if prototypes_frozen(state.global_step, state.max_steps, model.config):
+            model.drop_prototype_gradients()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         model.update_teacher(ema_momentum(state.global_step, state.max_steps, model.config.folk_ema_momentum))
@@ -225,7 +244,9 @@ def build_model(model_args: ModelArguments):
             "drop_path_rate": model_args.drop_path_rate,
             **{name: getattr(model_args, name) for name in (
                 "folk_head_output_dim", "folk_teacher_temperature", "folk_student_temperature",
-                "folk_ema_momentum", "folk_distillation_weight", "folk_export")},
+                "folk_ema_momentum", "folk_distillation_weight", "folk_reconstruction_weight", "folk_export", "folk_warmup_teacher_temperature",
+                "folk_teacher_temperature_warmup_ratio", "folk_normalize_prototypes", "folk_freeze_prototypes_ratio",
+                "folk_center_momentum", "folk_head_pooling")},
         }.items() if value is not None
     }
     if model_args.method not in METHODS:
@@ -308,7 +329,8 @@ def export(trainer, model_args, data_args, args, train_images, dataset, column, 
     output = Path(args.output_dir)
     backbone = model.exported_backbone() if is_folk else model.base_model
     backbone.save_pretrained(output)
-    plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", title=f"{METHODS[method][0]} pre-training")
+    plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", title=f"{METHODS[method][0]} pre-training",
+                    num_prototypes=config.folk_head_output_dim if is_folk else None)
     pixels = figure_batch(train_images, dataset, column, config, data_args.num_figure_images // (2 if is_folk else 1), is_folk)
     reconstruction_grid(model, pixels, output / "reconstructions.png", generator=torch.Generator(model.device).manual_seed(args.seed),
                         title=f"{METHODS[method][0]} pre-training")
@@ -376,7 +398,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sigterm = SaveOnSigterm()
     trainer = MFMPretrainingTrainer(
         model=model, args=args, train_dataset=train_images, data_collator=collator,
-        callbacks=[EpochCallback(train_images), sigterm] + ([TeacherEMACallback()] if is_folk else []),
+        callbacks=[EpochCallback(train_images), sigterm] + ([FOLKScheduleCallback()] if is_folk else []),
     )
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
