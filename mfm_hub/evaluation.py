@@ -204,21 +204,30 @@ def write_results(output_dir: str | Path, results: dict) -> Path:
     return path
 
 
+def _protocol_key(result: EvalResult) -> tuple:
+    return (result.task_type, result.dataset_type, result.dataset_split, result.metric_type, result.metric_name)
+
+
 def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, task_name: str, dataset_type: str,
                        dataset_name: str, metrics: dict[str, float], split: str = "test") -> Path:
-    """Append ``metrics`` to the ``model-index`` of ``card_dir/README.md`` (created if absent),
-    replacing earlier entries for the same task, dataset and metric."""
+    """Add ``metrics`` to the ``model-index`` of ``card_dir/README.md`` (created if absent).
+
+    ``task_name`` is the protocol with its settings (e.g. ``"Few-shot, 5-way 5-shot
+    episodes"``) and names each metric (``"<task_name>: <metric>"``), because the Hub's
+    model-index groups results by task type, dataset and split only, not by task name.
+    Results accumulate: an earlier result is replaced only by one of the same protocol,
+    dataset, split and metric."""
     path = Path(card_dir) / "README.md"
     card = ModelCard.load(path) if path.exists() else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {model_name}\n")
     if card.data is None:
         card.data = ModelCardData()
     new = [
         EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
-                   dataset_split=split, metric_type=metric, metric_name=metric, metric_value=round(float(value), 6))
+                   dataset_split=split, metric_type=metric, metric_name=f"{task_name}: {metric}", metric_value=round(float(value), 6))
         for metric, value in metrics.items()
     ]
-    keep = [r for r in (card.data.eval_results or [])
-            if not any(r.task_type == n.task_type and r.dataset_type == n.dataset_type and r.metric_type == n.metric_type for n in new)]
+    replaced = {_protocol_key(result) for result in new}
+    keep = [result for result in (card.data.eval_results or []) if _protocol_key(result) not in replaced]
     card.data.eval_results = keep + new
     card.data.model_name = card.data.model_name or model_name
     card.save(path)

@@ -5,8 +5,10 @@ projection head) sees the filtered views ``u~, v~``: it reconstructs their remov
 frequencies (the MFM loss) and its head output for ``u~`` is trained to match the
 **teacher**'s output for the *original* ``v`` (and ``v~`` to ``u``). The teacher (encoder +
 head, no decoder) is an exponential moving average of the student and never receives
-gradients. Head, temperatures, centring and the EMA schedule follow DINO; no text reachable
-here gives FOLK's own values, so each is a config field (see ``docs/FOLK.md`` for what is known and chosen).
+gradients. Head, temperatures, centring and the EMA schedule follow DINO, with unit-norm
+prototypes, mean-patch head input (ViT) and a sharper teacher (0.02) chosen by measurement; no
+text reachable here gives FOLK's own values, so each is a config field (see ``docs/FOLK.md``
+for what is known, what was measured and what was chosen).
 """
 
 from __future__ import annotations

@@ -16,11 +16,15 @@ from .frequency import spectrum_image  # noqa: E402
 from .modeling_common import denormalize  # noqa: E402
 
 
+def logged_series(log_history: list[dict], term: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every log entry that has ``term``."""
+    return [(entry["step"], entry[term]) for entry in log_history if term in entry and "step" in entry]
+
+
 def logged_losses(log_history: list[dict]) -> list[tuple[int, float]]:
     """``(step, loss)`` of every logged training loss; a run shorter than ``logging_steps``
     has only the Trainer's final average (``train_loss``), used then as one point."""
-    points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
-    return points or [(entry["step"], entry["train_loss"]) for entry in log_history if "train_loss" in entry]
+    return logged_series(log_history, "loss") or logged_series(log_history, "train_loss")
 
 
 def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre-training loss",
@@ -33,14 +37,13 @@ def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre
     if not points:
         raise ValueError("The log history holds no training loss.")
     rates = [(entry["step"], entry["learning_rate"]) for entry in log_history if "learning_rate" in entry]
-    statistics = {term: [(entry["step"], entry[term]) for entry in log_history if term in entry and "step" in entry]
-                  for term in ("teacher_entropy", "teacher_marginal_kl")}
+    statistics = {term: logged_series(log_history, term) for term in ("teacher_entropy", "teacher_marginal_kl")}
     with_statistics = any(statistics.values())
     fig, axes = plt.subplots(1, 2 if with_statistics else 1, figsize=(11 if with_statistics else 6, 3.6), dpi=120, squeeze=False)
     ax = axes[0, 0]
     ax.plot(*zip(*points), color="tab:blue", marker="." if len(points) < 50 else None, label="loss")
     for term, color in (("reconstruction_loss", "tab:green"), ("distillation_loss", "tab:red")):
-        series = [(entry["step"], entry[term]) for entry in log_history if term in entry and "step" in entry]
+        series = logged_series(log_history, term)
         if series:
             ax.plot(*zip(*series), color=color, linestyle="--", label=term.replace("_", " "))
     if any("distillation_loss" in entry for entry in log_history):
@@ -122,4 +125,4 @@ def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, gen
     return path
 
 
-__all__ = ["logged_losses", "plot_loss_curve", "reconstruction_grid"]
+__all__ = ["logged_losses", "logged_series", "plot_loss_curve", "reconstruction_grid"]

@@ -85,6 +85,23 @@ def test_k_shot_and_fraction_subsets():
         fraction_indices(labels, 0.0, seed=0)
 
 
+def test_model_card_results_accumulate_and_a_protocol_updates_its_own_entry(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from mfm_hub.evaluation import add_to_model_index
+
+    (tmp_path / "README.md").write_text("---\nlibrary_name: transformers\n---\n\n# enc\n\nEarlier text.\n")
+    add_to_model_index(tmp_path, "enc", "image-classification", "Few-shot, 5-way 5-shot episodes", "fashion_mnist", "fashion_mnist", {"accuracy": 0.5})
+    add_to_model_index(tmp_path, "enc", "image-classification", "Few-shot, 5-way 1-shot episodes", "fashion_mnist", "fashion_mnist", {"accuracy": 0.3})
+    add_to_model_index(tmp_path, "enc", "image-classification", "Fine-tuning", "fashion_mnist", "fashion_mnist", {"top1": 0.8})
+    add_to_model_index(tmp_path, "enc", "image-classification", "Few-shot, 5-way 5-shot episodes", "fashion_mnist", "fashion_mnist", {"accuracy": 0.6})
+    card = ModelCard.load(tmp_path / "README.md")
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results == {"Few-shot, 5-way 5-shot episodes: accuracy": 0.6, "Few-shot, 5-way 1-shot episodes: accuracy": 0.3,
+                       "Fine-tuning: top1": 0.8}
+    assert "Earlier text." in card.text
+
+
 def test_class_count_mismatch():
     with pytest.raises(ValueError, match="3 classes but the classifier head has 10 outputs"):
         check_head_matches(10, ["a", "b", "c"])
