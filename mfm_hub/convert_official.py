@@ -15,6 +15,7 @@ inert dict stand-in.
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -105,17 +106,58 @@ def rename_official_keys(state_dict: dict[str, torch.Tensor], model) -> dict[str
     return renamed
 
 
+def _differences(state_dict: dict[str, torch.Tensor], model) -> Optional[str]:
+    """What keeps ``state_dict`` (official layout) from loading into ``model`` exactly, or None."""
+    renamed = {key: value.shape for key, value in rename_official_keys(state_dict, model).items()}
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    missing, unexpected = sorted(expected.keys() - renamed.keys()), sorted(renamed.keys() - expected.keys())
+    reshaped = sorted(f"{key} {tuple(renamed[key])} vs {tuple(expected[key])}" for key in expected.keys() & renamed.keys()
+                      if renamed[key] != expected[key])
+    if not (missing or unexpected or reshaped):
+        return None
+    return f"missing {missing}; unexpected {unexpected}" + (f"; different shapes (file vs --arch) {reshaped}" if reshaped else "")
+
+
+def _official_image_size(state_dict: dict[str, torch.Tensor]) -> Optional[int]:
+    """A ViT file's image side, from its position embedding (cls + (side / patch)^2 tokens)."""
+    pos_embed, patch = state_dict.get("encoder.pos_embed", state_dict.get("pos_embed")), None
+    for key in ("encoder.patch_embed.proj.weight", "patch_embed.proj.weight"):
+        if key in state_dict:
+            patch = state_dict[key].shape[-1]
+    if pos_embed is None or patch is None:
+        return None
+    side = math.isqrt(pos_embed.shape[1] - 1)
+    return side * patch if side * side == pos_embed.shape[1] - 1 else None
+
+
+def matching_architectures(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The presets whose model takes every weight of ``state_dict`` with its shape (built on
+    the meta device, so trying them all allocates nothing)."""
+    image_size = _official_image_size(state_dict)
+    matches = []
+    for preset in PRESETS:
+        with torch.device("meta"):
+            try:
+                model = _target_for(state_dict, preset, image_size if preset.startswith("vit") else None)
+            except ValueError:
+                continue
+        if _differences(state_dict, model) is None:
+            matches.append(preset + (f" (--image-size {image_size})" if image_size and image_size != model.config.image_size else ""))
+    return matches
+
+
 def convert(checkpoint: str | Path, arch: str, output: str | Path, image_size: Optional[int] = None, push_to_hub: Optional[str] = None):
-    """Convert, verify that every weight was used, save (safetensors + image processor +
-    model card) and optionally push. Returns the converted model."""
+    """Convert, verify that every weight is used with its shape, save (safetensors + image
+    processor + model card) and optionally push. Returns the converted model."""
     state_dict = load_official_checkpoint(checkpoint)
     model = _target_for(state_dict, arch, image_size)
-    result = model.load_state_dict(rename_official_keys(state_dict, model), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{checkpoint} does not match --arch {arch} ({type(model).__name__}): "
-            f"missing {sorted(result.missing_keys)}; unexpected {sorted(result.unexpected_keys)}."
-        )
+    differences = _differences(state_dict, model)
+    if differences:
+        candidates = matching_architectures(state_dict)
+        hint = (f" The file matches --arch {' or '.join(candidates)}." if candidates
+                else " No preset matches the file; it is not an MFM ViT / ResNet release in a known size.")
+        raise ValueError(f"{checkpoint} does not match --arch {arch} ({type(model).__name__}): {differences}.{hint}")
+    model.load_state_dict(rename_official_keys(state_dict, model))
     model.eval()
     output = Path(output)
     model.save_pretrained(output)

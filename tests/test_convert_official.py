@@ -166,6 +166,21 @@ def test_mismatching_keys_are_listed(tmp_path):
         convert(tmp_path / "bad.pth", "vit-huge", tmp_path / "hf")
 
 
+def test_wrong_arch_names_the_architecture_the_file_has(tmp_path):
+    vit = OfficialStyleMFM(official_vit(), stride=4, features=192)
+    save_like_the_release(vit.state_dict(), tmp_path / "vit.pth")
+    with pytest.raises(ValueError, match=r"different shapes .*The file matches --arch vit-tiny-patch4-32\.") as error:
+        convert(tmp_path / "vit.pth", "vit-small-patch16-224", tmp_path / "hf")
+    assert "size mismatch" not in str(error.value)  # not torch's raw dump
+    resnet = OfficialStyleMFM(ResNet(block=Bottleneck, layers=[3, 4, 6, 3], num_classes=0), stride=32, features=2048)
+    save_like_the_release(resnet.state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(ValueError, match=r"The file matches --arch resnet50\."):
+        convert(tmp_path / "r50.pth", "resnet18", tmp_path / "hf")
+    with pytest.raises(ValueError, match=r"The file matches --arch resnet50\."):
+        convert(tmp_path / "r50.pth", "vit-base", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()  # nothing written on a refusal
+
+
 def test_pickled_code_is_never_executed(tmp_path):
     marker = tmp_path / "executed"
 
