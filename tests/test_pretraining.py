@@ -68,6 +68,36 @@ def test_quickstart_config_parses():
     assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 2.5e-6 / 3e-4}
 
 
+@pytest.mark.parametrize("text, message", [
+    ("- model\n- vit-tiny-patch4-32\n", "must hold a mapping of argument names to values"),
+    ("per_device_train_batch_size: abc\n", "`per_device_train_batch_size` must be int, got 'abc'"),
+    ("max_steps: 3.5\n", "`max_steps` must be int, got 3.5"),
+    ("method: mae\n", None),  # a free-form string here, refused by build_model with the list of methods
+    ("modle: vit-tiny-patch4-32\n", r"unknown arguments \['modle'\]"),
+    ("streaming: perhaps\n", "`streaming` must be string_to_bool"),
+    ("model: [vit, resnet]\n", "`model` takes a single value"),
+    ("max_steps: [3\n", "is not valid YAML"),
+])
+def test_bad_config_files_name_the_key_and_what_is_allowed(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    if message is None:
+        model_args, _, _ = run_pretraining.parse_arguments([str(path)])
+        with pytest.raises(ValueError, match="--method must be one of"):
+            run_pretraining.build_model(model_args)
+        return
+    with pytest.raises(ValueError, match=message):
+        run_pretraining.parse_arguments([str(path)])
+
+
+def test_config_file_values_are_converted_like_flags(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"learning_rate": "3e-4", "max_steps": "7", "folk_normalize_prototypes": "false", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}}')
+    model_args, _, args = run_pretraining.parse_arguments([str(path)])
+    assert args.learning_rate == 3e-4 and args.max_steps == 7 and model_args.folk_normalize_prototypes is False
+    assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+
+
 def test_method_overrides_are_validated_and_reloadable(tiny_config):
     for method, target in (("sr", "all"), ("mfm", "masked"), ("folk", "masked")):
         model = run_pretraining.build_model(run_pretraining.ModelArguments(model=str(tiny_config), method=method))

@@ -41,6 +41,7 @@ from transformers import (
 
 import mfm_hub
 from mfm_hub import data as mfm_data
+from mfm_hub.arguments import CONFIG_SUFFIXES, parse_config_file
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
@@ -372,10 +373,8 @@ def push_outputs(output: Path, repo_id: str) -> None:
 
 def parse_arguments(argv: list[str]):
     parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES):
+        return parse_config_file(parser, argv[0])
     return parser.parse_args_into_dataclasses(argv)
 
 

@@ -1,0 +1,74 @@
+"""Run configuration files (YAML / JSON) for the training scripts, checked before anything runs.
+
+`transformers.HfArgumentParser.parse_yaml_file` hands the file's values to the dataclasses
+as they are: a file that is not a mapping fails deep inside with an ``AttributeError``, a
+string where a number belongs fails later in a computation (``"abc" * 0.5``), ``3.5`` steps
+become a progress bar with ``3.5`` steps, and YAML reads ``3e-4`` (no dot) as a string. Here
+every value goes through the same conversion its command-line flag uses, and any problem is
+one `ValueError` naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML or JSON run configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No configuration file at {path}.")
+    text = path.read_text()
+    try:
+        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values (`key: value` lines), not a {type(content).__name__}.")
+    return content
+
+
+def _convert(action: argparse.Action, key: str, value: Any, path: Path) -> Any:
+    """``value`` as the command line would have parsed it for ``action`` (mappings, e.g.
+    ``lr_scheduler_kwargs``, pass through)."""
+    if value is None or isinstance(value, dict):
+        return value
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    if isinstance(value, list) and not many:
+        raise ValueError(f"{path}: `{key}` takes a single value, got the list {value!r}.")
+    converted = [_convert_one(action, key, item, path) for item in (value if isinstance(value, list) else [value])]
+    return converted if many else converted[0]
+
+
+def _convert_one(action: argparse.Action, key: str, item: Any, path: Path) -> Any:
+    try:
+        result = action.type(str(item)) if action.type is not None else item
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+        expected = getattr(action.type, "__name__", str(action.type))
+        raise ValueError(f"{path}: `{key}` must be {expected}, got {item!r} ({error}).") from error
+    if action.choices is not None and result not in action.choices:
+        raise ValueError(f"{path}: `{key}` must be one of {list(action.choices)}, got {item!r}.")
+    return result
+
+
+def parse_config_file(parser: HfArgumentParser, path: str | Path) -> tuple:
+    """The parser's dataclasses filled from a YAML / JSON file, every value checked and
+    converted like its command-line flag; unknown keys are an error that lists them."""
+    path = Path(path)
+    content = read_config_file(path)
+    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    unknown = sorted(set(content) - set(actions))
+    if unknown:
+        raise ValueError(f"{path}: unknown arguments {unknown}; see `--help` for the accepted names.")
+    return parser.parse_dict({key: _convert(actions[key], key, value, path) for key, value in content.items()})
+
+
+__all__ = ["CONFIG_SUFFIXES", "parse_config_file", "read_config_file"]
