@@ -1,4 +1,5 @@
-"""Run configuration files (YAML / JSON) for the training scripts, checked before anything runs.
+"""What every entry point checks before it runs: its configuration file (YAML / JSON) and its
+output folder.
 
 `transformers.HfArgumentParser.parse_yaml_file` hands the file's values to the dataclasses
 as they are: a file that is not a mapping fails deep inside with an ``AttributeError``, a
@@ -71,4 +72,24 @@ def parse_config_file(parser: HfArgumentParser, path: str | Path) -> tuple:
     return parser.parse_dict({key: _convert(actions[key], key, value, path) for key, value in content.items()})
 
 
-__all__ = ["CONFIG_SUFFIXES", "parse_config_file", "read_config_file"]
+def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False, flag: str = "--overwrite_output_dir") -> None:
+    """The one rule of every entry point: an output folder that already holds files is
+    refused, before anything runs, unless the user asked to write over it (``flag``) or to
+    resume the run in it. Writing over replaces the files the run writes; nothing else is
+    deleted."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"The output path {path} is a file, not a folder.")
+    contents = sorted(child.name for child in path.iterdir()) if path.exists() else []
+    if overwrite or resuming or not contents:
+        return
+    checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
+    resume = f", or --resume_from_checkpoint {checkpoints[-1]} to continue its run" if checkpoints else ""
+    shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
+    raise FileExistsError(
+        f"The output folder {path} already holds {shown}; nothing was changed. Choose another output folder, "
+        f"pass {flag} to write over it{resume}."
+    )
+
+
+__all__ = ["CONFIG_SUFFIXES", "guard_output_dir", "parse_config_file", "read_config_file"]

@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 
+from .arguments import guard_output_dir
 from .configuration_mfm import PRESETS, config_from_preset
 from .model_card import write_model_card
 from .modeling_mfm_resnet import (
@@ -146,9 +147,12 @@ def matching_architectures(state_dict: dict[str, torch.Tensor]) -> list[str]:
     return matches
 
 
-def convert(checkpoint: str | Path, arch: str, output: str | Path, image_size: Optional[int] = None, push_to_hub: Optional[str] = None):
+def convert(checkpoint: str | Path, arch: str, output: str | Path, image_size: Optional[int] = None, push_to_hub: Optional[str] = None,
+            overwrite: bool = False):
     """Convert, verify that every weight is used with its shape, save (safetensors + image
-    processor + model card) and optionally push. Returns the converted model."""
+    processor + model card) and optionally push. Returns the converted model. An ``output``
+    folder that already holds files is refused unless ``overwrite``."""
+    guard_output_dir(output, overwrite, flag="--overwrite")
     state_dict = load_official_checkpoint(checkpoint)
     model = _target_for(state_dict, arch, image_size)
     differences = _differences(state_dict, model)
@@ -183,8 +187,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--output", required=True, help="directory for the converted checkpoint")
     parser.add_argument("--image-size", type=int, default=None, help="image size of the config (default: the preset's)")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repository")
+    parser.add_argument("--overwrite", action="store_true", help="write into an output folder that already holds files")
     args = parser.parse_args(argv)
-    model = convert(args.checkpoint, args.arch, args.output, args.image_size, args.push_to_hub)
+    model = convert(args.checkpoint, args.arch, args.output, args.image_size, args.push_to_hub, overwrite=args.overwrite)
     print(f"Converted {args.checkpoint} -> {args.output} ({type(model).__name__})")
 
 

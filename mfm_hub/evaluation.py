@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import datasets
 import evaluate
@@ -23,10 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 from timm.data import create_transform  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
 from .configuration_mfm import PRESETS, resolve_config  # noqa: E402
-from .data import load_image_dataset  # noqa: E402
+from .data import decode_image, load_image_dataset  # noqa: E402
 
 # --------------------------------------------------------------------------------------
 # Metrics
@@ -162,6 +163,33 @@ def load_labelled_split(
     return dataset, image_column, names
 
 
+def validate_examples(dataset, check: Callable[[dict], object], what: str, max_listed: int = 5) -> None:
+    """Run ``check`` on every example of ``dataset`` before any training, so that bad data
+    stops a run before compute is spent and before a trained model could be lost. Raises
+    one `ValueError` that counts the bad examples and names the first ``max_listed``."""
+    problems = []
+    for index in tqdm(range(len(dataset)), desc=f"checking {what}", leave=False):
+        try:
+            check(dataset[index])
+        except (ValueError, OSError) as error:
+            problems.append(f"#{index}: {error}")
+    if problems:
+        listed = "; ".join(problems[:max_listed]) + (f"; and {len(problems) - max_listed} more" if len(problems) > max_listed else "")
+        raise ValueError(f"{len(problems)} of {len(dataset)} {what} cannot be used, so nothing was trained: {listed}")
+
+
+def labelled_image_check(image_column: str, label_column: str, num_classes: int) -> Callable[[dict], None]:
+    """A `validate_examples` check: the image decodes to RGB and the label is a class index."""
+
+    def check(example: dict) -> None:
+        decode_image(example[image_column])
+        label = example[label_column]
+        if not isinstance(label, int) or not 0 <= label < num_classes:
+            raise ValueError(f"label {label!r} is not a class index in 0..{num_classes - 1}")
+
+    return check
+
+
 def check_head_matches(num_labels: int, class_names: Sequence[str], what: str = "the classifier head") -> None:
     if num_labels != len(class_names):
         raise ValueError(f"The data has {len(class_names)} classes but {what} has {num_labels} outputs.")
@@ -266,8 +294,10 @@ __all__ = [
     "check_head_matches",
     "fraction_indices",
     "k_shot_indices",
+    "labelled_image_check",
     "load_labelled_split",
     "plot_confusion_matrix",
     "timm_image_options",
+    "validate_examples",
     "write_results",
 ]

@@ -222,3 +222,34 @@ def test_segmentation_end_to_end(camvid_subset, encoder, tmp_path):
     assert 0 <= results["mean_iou"] <= 1 and len(results["per_category_iou"]) == 11 and results["eval_images"] == 2
     assert (tmp_path / "seg" / "segmentation_overlays.png").exists()
     assert "mean_iou" in (tmp_path / "seg" / "README.md").read_text()
+
+
+@needs_fashion
+def test_classification_refuses_bad_data_before_training(fashion_folder, tmp_path):  # noqa: F811
+    import shutil
+
+    validation = tmp_path / "val"
+    shutil.copytree(fashion_folder, validation)
+    broken = sorted(validation.rglob("*.png"))[3]
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    with pytest.raises(ValueError, match=rf"1 of \d+ evaluation images cannot be used, so nothing was trained: #\d+: .*{broken.name}"):
+        run_classification.main(["--model", "vit-tiny-patch4-32", "--train_dir", str(fashion_folder), "--validation_dir", str(validation),
+                                 "--max_steps", "1", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_segmentation_refuses_bad_label_maps_before_training(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 2)):
+        (tmp_path / split).mkdir()
+        (tmp_path / f"{split}annot").mkdir()
+        for index in range(count):
+            Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / split / f"{index}.png")
+            labels = rng.integers(0, 3, (30, 40), dtype=np.uint8)
+            if split == "val" and index == 1:
+                labels[0, 0] = 7  # outside 0..2 with no ignore index
+            Image.fromarray(labels).save(tmp_path / f"{split}annot" / f"{index}.png")
+    with pytest.raises(ValueError, match=r"1 of 2 evaluation images cannot be used, so nothing was trained: #1: .*labels \[7\] outside 0\.\.2"):
+        run_segmentation.main(["--model", "vit-tiny-patch4-32", "--data_dir", str(tmp_path), "--num_labels", "3", "--max_steps", "1",
+                               "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

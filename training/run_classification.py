@@ -35,6 +35,7 @@ from transformers import AutoModelForImageClassification, HfArgumentParser, Trai
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
+from mfm_hub.arguments import guard_output_dir
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import dataset_id, decode_image
 
@@ -74,6 +75,7 @@ class DataArguments:
 @dataclass
 class ClassificationArguments(TrainingArguments):
     output_dir: str = field(default="outputs/classification")
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "write into an output folder that already holds files"})
     learning_rate: Optional[float] = field(default=None, metadata={"help": "peak lr; default: --base_learning_rate x batch / 512"})
     base_learning_rate: float = field(default=2e-3, metadata={"help": "per 512 images (MFM ViT fine-tuning: 2e-3)"})
     adam_beta2: float = field(default=0.999)
@@ -180,6 +182,7 @@ def subset_for_training(dataset, data_args: DataArguments, label_column: str, se
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, ClassificationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    guard_output_dir(args.output_dir, args.overwrite_output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     set_seed(args.seed)
 
@@ -196,6 +199,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if data_args.max_eval_samples is not None:
         test = test.select(range(min(len(test), data_args.max_eval_samples)))
 
+    check = evaluation.labelled_image_check(image_column, data_args.label_column, len(class_names))
+    evaluation.validate_examples(train, check, "training images")
+    evaluation.validate_examples(test, check, "evaluation images")
+
     model = build_model(model_args, class_names)
     evaluation.check_head_matches(model.config.num_labels, class_names)
     config = model.config
@@ -209,6 +216,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         label_smoothing=data_args.label_smoothing, layer_decay=None if model_args.linear_probe else model_args.layer_decay,
     )
     trainer.train()
+    output = Path(args.output_dir)
+    trainer.save_model(output)  # before evaluating: nothing that fails later can lose it
     trainer.data_collator = ImageBatch(image_column, data_args.label_column, eval_transform)
     prediction = trainer.predict(test)
     scores, labels = prediction.predictions, prediction.label_ids
@@ -225,8 +234,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     }
     if not trainer.is_world_process_zero():
         return results
-    output = Path(args.output_dir)
-    trainer.save_model(output)
     evaluation.write_results(output, results)
     evaluation.plot_confusion_matrix(labels, scores.argmax(1), class_names, output / "confusion_matrix.png",
                                      title=f"{results['protocol']}: top-1 {metrics['top1']:.3f}")

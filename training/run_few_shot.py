@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
+from mfm_hub.arguments import guard_output_dir
 from mfm_hub.data import dataset_id, decode_image
 
 matplotlib.use("Agg")
@@ -135,8 +136,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--crop_pct", type=float, default=224 / 256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="write into an output folder that already holds files")
     args = parser.parse_args(argv)
 
+    if args.overwrite_output_dir:
+        passthrough = ["--overwrite_output_dir", *passthrough]
     if args.protocol == "finetune":
         sys.path.insert(0, str(Path(__file__).parent))
         import run_classification
@@ -146,6 +150,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         return run_classification.main(["--model", args.model, "--output_dir", args.output_dir, "--seed", str(args.seed),
                                         *subset, *data, *passthrough])
 
+    guard_output_dir(args.output_dir, args.overwrite_output_dir)
     dataset, image_column, class_names = evaluation.load_labelled_split(args.split, args.data_dir, args.dataset_name, label_column=args.label_column)
     if args.max_samples is not None:
         dataset = dataset.select(range(min(len(dataset), args.max_samples)))

@@ -41,7 +41,7 @@ from transformers import (
 
 import mfm_hub
 from mfm_hub import data as mfm_data
-from mfm_hub.arguments import CONFIG_SUFFIXES, parse_config_file
+from mfm_hub.arguments import CONFIG_SUFFIXES, guard_output_dir, parse_config_file
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
@@ -109,6 +109,7 @@ class PretrainingArguments(TrainingArguments):
     """`TrainingArguments` with the MFM recipe as defaults."""
 
     output_dir: str = field(default="outputs/mfm-pretraining")
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "write into an output folder that already holds files"})
     learning_rate: Optional[float] = field(default=None, metadata={"help": "peak lr; default: --base_learning_rate scaled by batch/512"})
     base_learning_rate: float = field(default=3e-4, metadata={"help": "peak lr per 512 images (official 3e-4)"})
     adam_beta2: float = field(default=0.95)
@@ -380,6 +381,7 @@ def parse_arguments(argv: list[str]):
 
 def main(argv: Optional[list[str]] = None) -> int:
     model_args, data_args, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     push_to = args.hub_model_id if args.push_to_hub else None
     if args.push_to_hub and not push_to:

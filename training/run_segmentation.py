@@ -32,6 +32,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, UperNetCo
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
+from mfm_hub.arguments import guard_output_dir
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import IMAGE_EXTENSIONS, decode_image
 
@@ -69,6 +70,7 @@ class DataArguments:
 @dataclass
 class SegmentationArguments(TrainingArguments):
     output_dir: str = field(default="outputs/segmentation")
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "write into an output folder that already holds files"})
     learning_rate: float = field(default=2e-4)
     weight_decay: float = field(default=0.05)
     warmup_steps: float = field(default=0.05)
@@ -223,6 +225,7 @@ def plot_overlays(images, references, predictions, ignore_index, path: Path, tit
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, SegmentationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    guard_output_dir(args.output_dir, args.overwrite_output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     set_seed(args.seed)
     train, test = load_split(data_args, data_args.train_split), load_split(data_args, data_args.eval_split)
@@ -230,11 +233,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
     if data_args.max_eval_samples:
         test = test.select(range(min(len(test), data_args.max_eval_samples)))
+    for split, what in ((train, "training images"), (test, "evaluation images")):
+        evaluation.validate_examples(split, lambda example: read_pair(example, model_args.num_labels, model_args.ignore_index), what)
     model = build_model(model_args)
     backbone_config = model.config.backbone_config
     trainer = Trainer(model=model, args=args, train_dataset=train,
                       data_collator=SegmentationBatch(backbone_config, model_args.num_labels, model_args.ignore_index, data_args.crop_size))
     trainer.train()
+    output = Path(args.output_dir)
+    trainer.save_model(output)  # before evaluating: nothing that fails later can lose it
 
     evaluate_batch = SegmentationBatch(backbone_config, model_args.num_labels, model_args.ignore_index, crop_size=None)
     metric = evaluation.MeanIoU()
@@ -254,8 +261,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
                "seed": args.seed, **scores}
     if not trainer.is_world_process_zero():
         return results
-    output = Path(args.output_dir)
-    trainer.save_model(output)
     evaluation.write_results(output, results)
     plot_overlays(*zip(*figure), model_args.ignore_index, output / "segmentation_overlays.png",
                   f"UperNet on {Path(model_args.model).name}: mIoU {scores['mean_iou']:.3f}")
