@@ -92,4 +92,17 @@ def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = F
     )
 
 
-__all__ = ["CONFIG_SUFFIXES", "guard_output_dir", "parse_config_file", "read_config_file"]
+def require(condition: bool, argument: str, value: Any, allowed: str) -> None:
+    """Refuse a script argument that cannot give a meaningful result, naming it and what is allowed."""
+    if not condition:
+        raise ValueError(f"{argument} must be {allowed}, got {value!r}.")
+
+
+def require_at_least(arguments: object, minimum: int, *names: str) -> None:
+    """Each of ``names`` (attributes of ``arguments``) is None or an int >= ``minimum``."""
+    for name in names:
+        value = getattr(arguments, name)
+        require(value is None or (isinstance(value, int) and value >= minimum), f"--{name}", value, f"an integer >= {minimum}")
+
+
+__all__ = ["CONFIG_SUFFIXES", "guard_output_dir", "parse_config_file", "read_config_file", "require", "require_at_least"]

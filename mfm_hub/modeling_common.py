@@ -72,10 +72,12 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: in
 
 
 def check_unit_range(pixel_values: torch.Tensor) -> None:
-    """Pre-training inputs are un-normalised images in [0, 1] (MFM masks before normalising)."""
+    """Pre-training inputs are finite, un-normalised images in [0, 1] (MFM masks before normalising)."""
     if torch.compiler.is_compiling():
         return
     low, high = torch.aminmax(pixel_values.detach())
+    if not (torch.isfinite(low) and torch.isfinite(high)):  # aminmax propagates NaN
+        raise ValueError("`pixel_values` contain NaN or infinite values; pre-training needs finite images in [0, 1].")
     if low < -UNIT_RANGE_TOLERANCE or high > 1 + UNIT_RANGE_TOLERANCE:
         raise ValueError(
             f"Pre-training models take un-normalised pixel values in [0, 1], got values in "

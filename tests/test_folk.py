@@ -181,9 +181,13 @@ def test_vit_heads_read_mean_patch_tokens_or_the_cls_token():
         tiny_vit_config(folk_head_pooling="max")
 
 
-def test_folk_needs_two_views():
+def test_folk_needs_two_finite_views():
     with pytest.raises(ValueError, match="two views per image"):
         folk_model()(torch.rand(2, 3, 32, 32))
+    pixels = torch.rand(2, 2, 3, 32, 32)
+    pixels[0, 1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        folk_model()(pixels)
 
 
 def test_folk_starts_from_an_mfm_checkpoint(tmp_path):

@@ -191,6 +191,11 @@ def test_bad_pixel_values(family):
     model = pretrain(make_config())
     with pytest.raises(ValueError, match=r"un-normalised pixel values in \[0, 1\]"):
         model(torch.randn(2, 3, 64, 64))
+    for bad in (float("nan"), float("inf")):
+        pixels = torch.rand(2, 3, 64, 64)
+        pixels[1, 2, 5, 7] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model(pixels)
     with pytest.raises(ValueError, match="1 channels but the model expects 3.*convert\\('RGB'\\)"):
         model(torch.rand(2, 1, 64, 64))
     with pytest.raises(ValueError, match="not divisible by the encoder stride"):

@@ -35,7 +35,7 @@ from transformers import AutoModelForImageClassification, HfArgumentParser, Trai
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import guard_output_dir
+from mfm_hub.arguments import guard_output_dir, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import dataset_id, decode_image
 
@@ -49,6 +49,10 @@ class ModelArguments:
     use_mean_pooling: bool = field(default=True, metadata={"help": "ViT: mean-pool patch tokens through fc_norm (the MFM fine-tuning head)"})
     drop_path_rate: float = field(default=0.1)
     layer_decay: Optional[float] = field(default=0.75, metadata={"help": "layer-wise lr decay (ViT); 1 or empty to disable"})
+
+    def __post_init__(self):
+        require(0 <= self.drop_path_rate < 1, "--drop_path_rate", self.drop_path_rate, "in [0, 1)")
+        require(self.layer_decay is None or 0 < self.layer_decay <= 1, "--layer_decay", self.layer_decay, "in (0, 1], or empty")
 
 
 @dataclass
@@ -71,6 +75,14 @@ class DataArguments:
     label_smoothing: float = field(default=0.1)
     crop_pct: float = field(default=224 / 256, metadata={"help": "evaluation: resize to size / crop_pct, centre-crop size"})
 
+    def __post_init__(self):
+        require_at_least(self, 1, "shots_per_class", "max_eval_samples")
+        require(self.train_fraction is None or 0 < self.train_fraction <= 1, "--train_fraction", self.train_fraction, "in (0, 1]")
+        require(0 <= self.reprob <= 1, "--reprob", self.reprob, "a probability in [0, 1]")
+        require(self.mixup >= 0 and self.cutmix >= 0, "--mixup / --cutmix", (self.mixup, self.cutmix), ">= 0 (0 disables)")
+        require(0 <= self.label_smoothing < 1, "--label_smoothing", self.label_smoothing, "in [0, 1)")
+        require(0 < self.crop_pct <= 1, "--crop_pct", self.crop_pct, "in (0, 1]")
+
 
 @dataclass
 class ClassificationArguments(TrainingArguments):
@@ -86,6 +98,11 @@ class ClassificationArguments(TrainingArguments):
     save_strategy: str = field(default="no")
     logging_steps: float = field(default=10)
     remove_unused_columns: bool = field(default=False)
+
+    def __post_init__(self):
+        require(self.learning_rate is None or self.learning_rate > 0, "--learning_rate", self.learning_rate, "> 0")
+        require(self.base_learning_rate > 0, "--base_learning_rate", self.base_learning_rate, "> 0")
+        super().__post_init__()
 
 
 class ClassificationTrainer(Trainer):

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import guard_output_dir
+from mfm_hub.arguments import guard_output_dir, require, require_at_least
 from mfm_hub.data import dataset_id, decode_image
 
 matplotlib.use("Agg")
@@ -138,6 +138,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite_output_dir", action="store_true", help="write into an output folder that already holds files")
     args = parser.parse_args(argv)
+    require(args.ways >= 2, "--ways", args.ways, "at least 2 (one class is always right)")
+    require_at_least(args, 1, "shots", "queries", "episodes", "batch_size", "max_samples")
+    require(0 < args.crop_pct <= 1, "--crop_pct", args.crop_pct, "in (0, 1]")
 
     if args.overwrite_output_dir:
         passthrough = ["--overwrite_output_dir", *passthrough]

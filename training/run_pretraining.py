@@ -41,7 +41,7 @@ from transformers import (
 
 import mfm_hub
 from mfm_hub import data as mfm_data
-from mfm_hub.arguments import CONFIG_SUFFIXES, guard_output_dir, parse_config_file
+from mfm_hub.arguments import CONFIG_SUFFIXES, guard_output_dir, parse_config_file, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
@@ -103,6 +103,10 @@ class DataArguments:
     strict_data: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of skipping it"})
     num_figure_images: int = field(default=6, metadata={"help": "images in reconstructions.png"})
 
+    def __post_init__(self):
+        require_at_least(self, 1, "max_train_samples")
+        require_at_least(self, 2, "num_figure_images")  # FOLK draws half as many view pairs
+
 
 @dataclass
 class PretrainingArguments(TrainingArguments):
@@ -123,6 +127,8 @@ class PretrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False)
 
     def __post_init__(self):
+        require(self.learning_rate is None or self.learning_rate > 0, "--learning_rate", self.learning_rate, "> 0")
+        require(self.base_learning_rate > 0, "--base_learning_rate", self.base_learning_rate, "> 0")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.cuda.is_available():
             # accelerate only runs multi-process CPU training (gloo DDP) with use_cpu; without it each
             # process launched by torchrun would silently train its own copy

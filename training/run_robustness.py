@@ -29,7 +29,7 @@ from transformers import AutoModelForImageClassification
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import guard_output_dir
+from mfm_hub.arguments import guard_output_dir, require, require_at_least
 from mfm_hub.data import dataset_id, decode_image
 
 matplotlib.use("Agg")
@@ -101,6 +101,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite_output_dir", action="store_true", help="write into an output folder that already holds files")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    require_at_least(args, 1, "max_eval_samples", "batch_size")
+    require(0 < args.crop_pct <= 1, "--crop_pct", args.crop_pct, "in (0, 1]")
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
     if apply_corruption is None:
         raise ImportError("run_robustness.py needs the corruption package: pip install 'mfm_hub[robustness]' (imagecorruptions-imaug).")

@@ -32,7 +32,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, UperNetCo
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import guard_output_dir
+from mfm_hub.arguments import guard_output_dir, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import IMAGE_EXTENSIONS, decode_image
 
@@ -52,6 +52,12 @@ class ModelArguments:
     decoder_channels: int = field(default=256, metadata={"help": "UperNet hidden size"})
     freeze_backbone: bool = field(default=False)
 
+    def __post_init__(self):
+        require_at_least(self, 1, "num_labels")
+        require_at_least(self, 2, "decoder_channels")
+        require(self.ignore_index is None or not 0 <= self.ignore_index < self.num_labels, "--ignore_index", self.ignore_index,
+                f"outside the class indices 0..{self.num_labels - 1} (it would erase a class)")
+
 
 @dataclass
 class DataArguments:
@@ -65,6 +71,10 @@ class DataArguments:
     max_train_samples: Optional[int] = field(default=None)
     max_eval_samples: Optional[int] = field(default=None)
     num_figure_images: int = field(default=4)
+
+    def __post_init__(self):
+        require_at_least(self, 1, "crop_size", "max_train_samples", "max_eval_samples")
+        require_at_least(self, 0, "num_figure_images")
 
 
 @dataclass

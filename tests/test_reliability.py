@@ -1,5 +1,6 @@
-"""Nothing lost: every entry point refuses an output folder that already holds files, before it
-runs, unless asked to write over it (or, for pre-training, to resume the run in it)."""
+"""Nothing lost, nothing silent: every entry point refuses an output folder that already holds
+files (unless asked to write over it or, for pre-training, to resume the run in it) and every
+argument that cannot give a meaningful result, before it runs."""
 
 import sys
 from pathlib import Path
@@ -76,3 +77,32 @@ def test_the_converter_writes_over_only_when_asked(tmp_path):
     convert_main([*common, "--overwrite"])
     assert snapshot(tmp_path / "hf").keys() == first.keys()
     assert isinstance(MFMViTForPreTraining.from_pretrained(tmp_path / "hf"), MFMViTForPreTraining)
+
+
+DEGENERATE_ARGUMENTS = [
+    (run_few_shot.main, ["--model", "m", "--episodes", "0"], "--episodes must be an integer >= 1, got 0"),
+    (run_few_shot.main, ["--model", "m", "--ways", "1"], "--ways must be at least 2"),
+    (run_few_shot.main, ["--model", "m", "--shots", "0"], "--shots must be an integer >= 1"),
+    (run_few_shot.main, ["--model", "m", "--crop_pct", "0"], r"--crop_pct must be in \(0, 1\]"),
+    (run_robustness.main, ["--model", "a", "--baseline", "b", "--max_eval_samples", "0"], "--max_eval_samples must be an integer >= 1"),
+    (run_robustness.main, ["--model", "a", "--baseline", "b", "--crop_pct", "1.5"], r"--crop_pct must be in \(0, 1\]"),
+    (run_classification.main, ["--shots_per_class", "0"], "--shots_per_class must be an integer >= 1"),
+    (run_classification.main, ["--train_fraction", "0"], r"--train_fraction must be in \(0, 1\]"),
+    (run_classification.main, ["--label_smoothing", "1"], r"--label_smoothing must be in \[0, 1\)"),
+    (run_classification.main, ["--layer_decay", "0"], r"--layer_decay must be in \(0, 1\]"),
+    (run_classification.main, ["--reprob", "2"], "--reprob must be a probability"),
+    (run_classification.main, ["--learning_rate", "0"], "--learning_rate must be > 0"),
+    (run_segmentation.main, ["--num_labels", "11", "--ignore_index", "3"], "--ignore_index must be outside the class indices 0..10"),
+    (run_segmentation.main, ["--crop_size", "0"], "--crop_size must be an integer >= 1"),
+    (run_segmentation.main, ["--num_labels", "0"], "--num_labels must be an integer >= 1"),
+    (run_pretraining.main, ["--max_train_samples", "0"], "--max_train_samples must be an integer >= 1"),
+    (run_pretraining.main, ["--num_figure_images", "1"], "--num_figure_images must be an integer >= 2"),
+    (run_pretraining.main, ["--max_steps", "1", "--learning_rate=-1e-3"], "--learning_rate must be > 0"),
+]
+
+
+@pytest.mark.parametrize("main, argv, message", DEGENERATE_ARGUMENTS, ids=[f"{m.__module__}:{a[-1]}" for m, a, _ in DEGENERATE_ARGUMENTS])
+def test_degenerate_arguments_are_refused_before_anything_runs(main, argv, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
