@@ -192,11 +192,17 @@ def augment(transform, image: Image.Image, seed: int) -> torch.Tensor:
 
 class _AugmentedViews:
     """What both pre-training datasets share: decode an entry and draw ``num_views``
-    augmented views of it, seeded by (seed, epoch, position, view)."""
+    augmented views of it, seeded by (seed, epoch, position, view).
 
-    def __init__(self, dataset, image_column: str, transform, seed: int = 0, num_views: int = 1):
+    An undecodable entry stops the run naming the file when ``strict``; otherwise it is
+    replaced by the next readable entry, drawn with the seeds of the position it fills (so
+    batches keep their size, every DDP rank still runs every step, and a resumed run draws
+    the same), and its message travels with the sample (``"skipped"``) to be counted in the
+    main process even when data-loader workers do the decoding."""
+
+    def __init__(self, dataset, image_column: str, transform, seed: int = 0, num_views: int = 1, strict: bool = False):
         self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
-        self.num_views = num_views
+        self.num_views, self.strict = num_views, strict
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -204,37 +210,57 @@ class _AugmentedViews:
 
     def _views(self, example: dict, position: int) -> dict:
         seeds = [sample_seed(self.seed, self.epoch, position, view) for view in range(self.num_views)]
-        return transform_entry(example[self.image_column], self.transform, seeds)
+        sample = transform_entry(example[self.image_column], self.transform, seeds)
+        if "bad_image" in sample and self.strict:
+            raise ValueError(f"{sample['bad_image']} (stopping because --strict_data is set)")
+        return sample
 
 
 class PretrainingImages(_AugmentedViews, torch.utils.data.Dataset):
     """Map-style view of a `datasets` dataset that yields ``{"pixel_values": (C, H, W)}`` in
-    [0, 1] (``(num_views, C, H, W)`` with several views), or ``{"bad_image": message}`` for an
-    undecodable entry (the collator decides). `set_epoch` is called by `EpochCallback` so
-    every epoch draws new crops."""
+    [0, 1] (``(num_views, C, H, W)`` with several views), plus ``"skipped"`` (the messages
+    of the unreadable entries it replaced) when there were any. `set_epoch` is called by
+    `EpochCallback` so every epoch draws new crops."""
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return self._views(self.dataset[int(index)], int(index))
+        index = int(index)
+        sample, skipped = self._views(self.dataset[index], index), []
+        for offset in range(1, len(self)):
+            if "bad_image" not in sample:
+                break
+            skipped.append(sample["bad_image"])
+            sample = self._views(self.dataset[(index + offset) % len(self)], index)
+        if "bad_image" in sample:
+            raise ValueError(f"No image of the {len(self)} in the dataset can be read, e.g. {sample['bad_image']}.")
+        return {**sample, "skipped": skipped} if skipped else sample
 
 
 class StreamingPretrainingImages(_AugmentedViews, torch.utils.data.IterableDataset):
     """Iterable counterpart of `PretrainingImages` for ``--streaming`` datasets (seeded per
-    position in the stream; exact resume is not guaranteed for streams)."""
+    position in the stream, an unreadable entry is replaced by the next readable one; exact
+    resume is not guaranteed for streams)."""
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterable[dict]:
-        for position, example in enumerate(self.dataset):
-            yield self._views(example, position)
+        position, skipped = 0, []
+        for example in self.dataset:
+            sample = self._views(example, position)
+            if "bad_image" in sample:
+                skipped.append(sample["bad_image"])
+                continue
+            yield {**sample, "skipped": skipped} if skipped else sample
+            position, skipped = position + 1, []
 
 
 def transform_entry(value, transform, seeds: list[int]) -> dict:
-    """Decode and augment one entry, one view per seed (a single view is not stacked)."""
+    """Decode and augment one entry, one view per seed (a single view is not stacked);
+    ``{"bad_image": message}`` for an undecodable entry."""
     try:
         image = decode_image(value)
     except BadImageError as error:
@@ -243,27 +269,14 @@ def transform_entry(value, transform, seeds: list[int]) -> dict:
     return {"pixel_values": views[0] if len(views) == 1 else torch.stack(views)}
 
 
-class PretrainingCollator:
-    """Stacks ``pixel_values``; drops undecodable images with one warning (per process) and a
-    running count, or raises naming the file when ``strict``."""
-
-    def __init__(self, strict: bool = False):
-        self.strict = strict
-        self.num_skipped = 0
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        good = [e["pixel_values"] for e in examples if "pixel_values" in e]
-        for example in examples:
-            if "bad_image" not in example:
-                continue
-            if self.strict:
-                raise ValueError(f"{example['bad_image']} (stopping because --strict_data is set)")
-            self.num_skipped += 1
-            if self.num_skipped == 1:
-                logger.warning("%s; skipping it and any further unreadable images (use --strict_data to stop instead).", example["bad_image"])
-        if not good:
-            raise ValueError(f"Every image of a batch failed to decode, e.g. {examples[0]['bad_image']}.")
-        return {"pixel_values": torch.stack(good)}
+def collate_pretraining(examples: list[dict]) -> dict:
+    """Stacks ``pixel_values``; the messages of replaced unreadable images, if any, go along
+    as ``"skipped_images"`` (a list of str) for the trainer to count and report."""
+    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+    skipped = [message for example in examples for message in example.get("skipped", ())]
+    if skipped:
+        batch["skipped_images"] = skipped
+    return batch
 
 
 def epoch_of(state_epoch: Optional[float]) -> int:
@@ -275,9 +288,9 @@ __all__ = [
     "BadImageError",
     "dataset_id",
     "FASHION_MNIST_LABELS",
-    "PretrainingCollator",
     "PretrainingImages",
     "StreamingPretrainingImages",
+    "collate_pretraining",
     "decode_image",
     "epoch_of",
     "load_fashion_mnist",

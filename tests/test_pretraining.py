@@ -190,7 +190,7 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(fashio
     args.learning_rate = 1e-3
     images, _, _ = run_pretraining.build_dataset(data_args, 32, 0)
     trainer = run_pretraining.MFMPretrainingTrainer(model=model, args=args, train_dataset=images,
-                                                    data_collator=run_pretraining.mfm_data.PretrainingCollator())
+                                                    data_collator=run_pretraining.mfm_data.collate_pretraining)
     with pytest.raises(run_pretraining.NonFiniteLossError, match=r"became nan at step 3.*checkpoint-2"):
         trainer.train()
     assert not (tmp_path / "checkpoint-3").exists()
@@ -233,6 +233,23 @@ def test_bad_images_are_skipped_or_fatal_with_strict_data(messy_folder, tiny_con
     strict = run_args(messy_folder, tiny_config, tmp_path / "strict", "--max_steps", "8", "--per_device_train_batch_size", "8", "--strict_data")
     with pytest.raises(ValueError, match=r"Cannot read image .*(corrupt\.jpg|truncated\.png).*--strict_data"):
         run_pretraining.main(strict)
+
+
+@pytest.mark.slow
+def test_batches_of_only_unreadable_images_never_stop_a_run_and_workers_report_them(fashion_folder, tiny_config, tmp_path, caplog):
+    folder = tmp_path / "mostly_bad"
+    (folder / "a").mkdir(parents=True)
+    shutil.copy(next(fashion_folder.rglob("*.png")), folder / "a" / "zz_good.png")
+    for index in range(11):
+        (folder / "a" / f"bad{index:02d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    args = run_args(folder, tiny_config, tmp_path / "out", "--max_steps", "3", "--per_device_train_batch_size", "4",
+                    "--save_strategy", "no", "--dataloader_num_workers", "1")
+    assert run_pretraining.main(args) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("Cannot read image" in m and "bad" in m for m in messages) == 1
+    totals = [m for m in messages if m.startswith("Replaced ")]
+    # 12 draws of which 11 are unreadable; each is replaced by walking on to the one good image
+    assert len(totals) == 1 and int(totals[0].split()[1]) >= 11, totals
 
 
 def test_empty_folder_and_bad_arguments(tiny_config, tmp_path):

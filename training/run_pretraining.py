@@ -158,14 +158,26 @@ class MFMPretrainingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
         self._term_count = 0
+        self.num_skipped_images = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        skipped = inputs.pop("skipped_images", None)
+        if skipped and model.training:
+            self._count_skipped(skipped)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if getattr(outputs, "distillation_loss", None) is not None and model.training:
             for name in self.LOSS_TERMS:  # summed on the device; read (one sync) only when logging
                 self._term_sums[name] = self._term_sums[name] + getattr(outputs, name)
             self._term_count += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _count_skipped(self, messages: list[str]) -> None:
+        """Unreadable images replaced in the data pipeline (possibly in worker processes):
+        one warning naming the first, and a running count for the end of the run."""
+        if not self.num_skipped_images:
+            logger.warning("%s; replaced by the next readable image, as will be any further unreadable one "
+                           "(use --strict_data to stop instead).", messages[0])
+        self.num_skipped_images += len(messages)
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs and self._term_count:
@@ -284,7 +296,7 @@ def build_dataset(data_args: DataArguments, image_size: int, seed: int, two_view
         dataset = dataset.take(data_args.max_train_samples) if data_args.streaming else dataset.select(range(min(len(dataset), data_args.max_train_samples)))
     transform = mfm_data.pretraining_transform(image_size, data_args.min_crop_scale, color_jitter=two_views)
     wrapper = mfm_data.StreamingPretrainingImages if data_args.streaming else mfm_data.PretrainingImages
-    return wrapper(dataset, column, transform, seed, num_views=2 if two_views else 1), dataset, column
+    return wrapper(dataset, column, transform, seed, num_views=2 if two_views else 1, strict=data_args.strict_data), dataset, column
 
 
 def figure_batch(train_images, dataset, column: str, config, count: int, two_views: bool) -> torch.Tensor:
@@ -292,8 +304,7 @@ def figure_batch(train_images, dataset, column: str, config, count: int, two_vie
     (MFM), or the first training samples' two augmented views (FOLK)."""
     if two_views:
         # iter() serves map-style (by index) and streaming datasets alike
-        readable = (sample for sample in iter(train_images) if "pixel_values" in sample)
-        return torch.stack([sample["pixel_values"] for sample in itertools.islice(readable, count)])
+        return torch.stack([sample["pixel_values"] for sample in itertools.islice(iter(train_images), count)])
     processor = mfm_hub.image_processor_for_config(config, do_normalize=False)
     images = []
     for example in dataset:
@@ -401,17 +412,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     model = build_model(model_args)
     is_folk = model_args.method == "folk"
     train_images, raw_dataset, column = build_dataset(data_args, model.config.image_size, args.seed, two_views=is_folk)
-    collator = mfm_data.PretrainingCollator(strict=data_args.strict_data)
     sigterm = SaveOnSigterm()
     trainer = MFMPretrainingTrainer(
-        model=model, args=args, train_dataset=train_images, data_collator=collator,
+        model=model, args=args, train_dataset=train_images, data_collator=mfm_data.collate_pretraining,
         callbacks=[EpochCallback(train_images), sigterm] + ([FOLKScheduleCallback()] if is_folk else []),
     )
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     wall_time = time.time() - started
-    if collator.num_skipped:
-        logger.warning("Skipped %d unreadable images in total.", collator.num_skipped)
+    if trainer.num_skipped_images:
+        logger.warning("Replaced %d unreadable images in total (this process).", trainer.num_skipped_images)
     if sigterm.received:
         print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {args.output_dir}. "
               f"Resume with --resume_from_checkpoint {args.output_dir}/checkpoint-{trainer.state.global_step}")
