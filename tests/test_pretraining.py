@@ -252,6 +252,32 @@ def test_batches_of_only_unreadable_images_never_stop_a_run_and_workers_report_t
     assert len(totals) == 1 and int(totals[0].split()[1]) >= 11, totals
 
 
+@pytest.mark.slow
+def test_damaged_checkpoints_stop_the_resume_naming_the_file_and_the_last_good_one(fashion_folder, tiny_config, tmp_path):
+    output = tmp_path / "run"
+    common = ["--save_steps", "2", "--save_total_limit", "5"]
+    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, "--max_steps", "4", *common)) == 0
+    latest = output / "checkpoint-4"
+
+    def truncate(name):
+        data = (latest / name).read_bytes()
+        (latest / name).write_bytes(data[: len(data) // 2])
+
+    damages = {"optimizer.pt": truncate, "scheduler.pt": lambda name: (latest / name).unlink(), "rng_state.pth": truncate,
+               "trainer_state.json": truncate, "model.safetensors": truncate}
+    pristine = {name: (latest / name).read_bytes() for name in damages}
+    for name, damage in damages.items():
+        damage(name)
+        before = {p.name: p.read_bytes() for p in latest.iterdir() if p.is_file()}
+        with pytest.raises(ValueError, match=rf"Cannot resume exactly from .*checkpoint-4: .*{name} is (missing|unreadable).*"
+                                             rf"--resume_from_checkpoint .*checkpoint-2"):
+            run_pretraining.main(run_args(fashion_folder, tiny_config, output, "--max_steps", "6", *common,
+                                          "--resume_from_checkpoint", str(latest)))
+        assert {p.name: p.read_bytes() for p in latest.iterdir() if p.is_file()} == before
+        (latest / name).write_bytes(pristine[name])
+    assert run_pretraining.checkpoint_problem(latest, world_size=1) is None
+
+
 def test_empty_folder_and_bad_arguments(tiny_config, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="No images found"):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import safetensors.torch
 import torch
 import transformers
 from transformers import (
@@ -38,6 +39,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_pt_utils import safe_globals
 
 import mfm_hub
 from mfm_hub import data as mfm_data
@@ -331,6 +333,49 @@ def check_ranks_agree(model) -> None:
     print(f"weights identical across {len(checksums)} processes")
 
 
+#: What a Trainer checkpoint needs to continue exactly, besides one RNG file per process.
+RESUME_FILES = ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt")
+
+
+def checkpoint_problem(checkpoint: Path, world_size: int) -> Optional[str]:
+    """Why ``checkpoint`` cannot be resumed exactly (a file missing or unreadable), or None.
+    transformers would resume from it anyway: without ``scheduler.pt`` it silently starts a
+    new optimizer and schedule, without an RNG file it draws different masks."""
+    if not checkpoint.is_dir():
+        return f"{checkpoint} is not a folder"
+    rng_files = ["rng_state.pth"] if world_size == 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+    for name in (*RESUME_FILES, *rng_files):
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{path} is missing"
+        try:
+            if name.endswith(".json"):
+                json.loads(path.read_text())["global_step"]
+            elif name.endswith(".safetensors"):
+                safetensors.torch.load_file(path)
+            else:
+                with safe_globals():  # the numpy RNG types transformers itself allows in these files
+                    torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # any failure to read it means it cannot be resumed from
+            return f"{path} is unreadable ({type(error).__name__}: {str(error)[:200]})"
+    return None
+
+
+def check_resumable(checkpoint: str, world_size: int) -> None:
+    """Stop before training when ``checkpoint`` cannot continue exactly, naming the file and
+    the newest earlier checkpoint beside it that can."""
+    path = Path(checkpoint)
+    problem = checkpoint_problem(path, world_size)
+    if problem is None:
+        return
+    step = int(path.name.split("-")[-1]) if path.name.split("-")[-1].isdigit() else None
+    earlier = sorted((p for p in path.parent.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+                      and (step is None or int(p.name.split("-")[-1]) < step)), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    good = next((p for p in earlier if checkpoint_problem(p, world_size) is None), None)
+    advice = f"resume from the previous good checkpoint with --resume_from_checkpoint {good}" if good else "no earlier checkpoint beside it is complete"
+    raise ValueError(f"Cannot resume exactly from {path}: {problem}. Nothing was changed; {advice}.")
+
+
 def describe_hardware(args: TrainingArguments) -> str:
     if args.device.type == "cuda":
         device = torch.cuda.get_device_name(args.device)
@@ -399,6 +444,8 @@ def parse_arguments(argv: list[str]):
 def main(argv: Optional[list[str]] = None) -> int:
     model_args, data_args, args = parse_arguments(sys.argv[1:] if argv is None else argv)
     guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
+    if args.resume_from_checkpoint:
+        check_resumable(args.resume_from_checkpoint, args.world_size)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     push_to = args.hub_model_id if args.push_to_hub else None
     if args.push_to_hub and not push_to:
