@@ -60,16 +60,17 @@ def _convert_one(action: argparse.Action, key: str, item: Any, path: Path) -> An
     return result
 
 
-def parse_config_file(parser: HfArgumentParser, path: str | Path) -> tuple:
-    """The parser's dataclasses filled from a YAML / JSON file, every value checked and
-    converted like its command-line flag; unknown keys are an error that lists them."""
+def config_file_values(parser: HfArgumentParser, path: str | Path) -> dict[str, Any]:
+    """The values of a YAML / JSON run configuration, each checked and converted like its
+    command-line flag; an unknown key is an error that lists them. Give them to
+    ``parser.set_defaults`` so that flags after the file still override it."""
     path = Path(path)
     content = read_config_file(path)
     actions = {action.dest: action for action in parser._actions if action.dest != "help"}
     unknown = sorted(set(content) - set(actions))
     if unknown:
         raise ValueError(f"{path}: unknown arguments {unknown}; see `--help` for the accepted names.")
-    return parser.parse_dict({key: _convert(actions[key], key, value, path) for key, value in content.items()})
+    return {key: _convert(actions[key], key, value, path) for key, value in content.items()}
 
 
 def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False, flag: str = "--overwrite_output_dir") -> None:
@@ -105,4 +106,4 @@ def require_at_least(arguments: object, minimum: int, *names: str) -> None:
         require(value is None or (isinstance(value, int) and value >= minimum), f"--{name}", value, f"an integer >= {minimum}")
 
 
-__all__ = ["CONFIG_SUFFIXES", "guard_output_dir", "parse_config_file", "read_config_file", "require", "require_at_least"]
+__all__ = ["CONFIG_SUFFIXES", "config_file_values", "guard_output_dir", "read_config_file", "require", "require_at_least"]

@@ -50,6 +50,8 @@ class TopKAccuracy(evaluate.Metric):
     def _compute(self, predictions, references, k: int = 5):
         scores = np.asarray(predictions, dtype=np.float64)
         labels = np.asarray(references)
+        if scores.ndim != 2 or len(scores) == 0 or not np.isfinite(scores).all():
+            raise ValueError(f"Top-k accuracy needs a non-empty (N, num_classes) array of finite scores, got shape {scores.shape}.")
         k = min(k, scores.shape[1])
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return {"top1": float((top[:, 0] == labels).mean()), f"top{k}": float((top == labels[:, None]).any(axis=1).mean())}
@@ -87,6 +89,8 @@ class MeanIoU(evaluate.Metric):
             intersection += area_hit
             union += area_pred + area_ref - area_hit
             label_area += area_ref
+        if label_area.sum() == 0:
+            raise ValueError("Mean IoU needs at least one labelled pixel; every reference pixel is ignored or there is none.")
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = intersection / union
             accuracy = intersection / label_area

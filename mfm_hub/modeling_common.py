@@ -56,7 +56,8 @@ class MFMPreTrainingOutput(ModelOutput):
 
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: int, what: str) -> None:
-    """Shape checks with messages that say what to change."""
+    """Shape and finiteness checks with messages that say what to change (a NaN or inf pixel
+    would otherwise come out as NaN features, logits and losses)."""
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
         raise ValueError(f"`pixel_values` must be a (batch, channels, height, width) tensor, got {shape}.")
@@ -69,15 +70,16 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: in
             f"Image size {height}x{width} is not divisible by the {what} {stride}; "
             f"resize or crop to a multiple of {stride}."
         )
+    if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values.detach()).all():
+        raise ValueError("`pixel_values` contain NaN or infinite values; every pixel must be a finite number.")
 
 
 def check_unit_range(pixel_values: torch.Tensor) -> None:
-    """Pre-training inputs are finite, un-normalised images in [0, 1] (MFM masks before normalising)."""
+    """Pre-training inputs are un-normalised images in [0, 1] (MFM masks before normalising);
+    run after `check_pixel_values`, which refuses non-finite values."""
     if torch.compiler.is_compiling():
         return
     low, high = torch.aminmax(pixel_values.detach())
-    if not (torch.isfinite(low) and torch.isfinite(high)):  # aminmax propagates NaN
-        raise ValueError("`pixel_values` contain NaN or infinite values; pre-training needs finite images in [0, 1].")
     if low < -UNIT_RANGE_TOLERANCE or high > 1 + UNIT_RANGE_TOLERANCE:
         raise ValueError(
             f"Pre-training models take un-normalised pixel values in [0, 1], got values in "
@@ -122,6 +124,8 @@ def corrupt(
                 frequency_mask, _ = informed_masks(pixel_values, config.informed_keep_ratios, config.compress_prob, generator)
         elif frequency_mask.shape != (batch, 1, height, width):
             raise ValueError(f"`frequency_mask` must have shape {(batch, 1, height, width)}, got {tuple(frequency_mask.shape)}.")
+        elif not ((frequency_mask >= 0) & (frequency_mask <= 1)).all():  # also false for NaN
+            raise ValueError("`frequency_mask` values must lie in [0, 1] (1 = frequency kept).")
         return apply_frequency_mask(pixel_values, frequency_mask), frequency_mask
     if frequency_mask is not None:
         raise ValueError(f"`frequency_mask` only applies to frequency-mask corruptions, not {kind!r}.")

@@ -73,6 +73,13 @@ def test_mean_iou_by_hand():
     assert result["overall_accuracy"] == pytest.approx(4 / 5)
 
 
+def test_metrics_refuse_what_would_be_nan():
+    with pytest.raises(ValueError, match="non-empty"):
+        TopKAccuracy().compute(predictions=[[0.1, float("nan")]], references=[0])
+    with pytest.raises(ValueError, match="at least one labelled pixel"):
+        MeanIoU().compute(predictions=[np.zeros((2, 2), dtype=int)], references=[np.full((2, 2), 9)], num_labels=3, ignore_index=9)
+
+
 def test_k_shot_and_fraction_subsets():
     labels = [0] * 10 + [1] * 5 + [2] * 3
     chosen = k_shot_indices(labels, 3, seed=1)

@@ -196,6 +196,10 @@ def test_bad_pixel_values(family):
         pixels[1, 2, 5, 7] = bad
         with pytest.raises(ValueError, match="NaN or infinite"):
             model(pixels)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            base(make_config())(pixels)
+    with pytest.raises(ValueError, match=r"`frequency_mask` values must lie in \[0, 1\]"):
+        model(torch.rand(2, 3, 64, 64), frequency_mask=torch.full((2, 1, 64, 64), float("nan")))
     with pytest.raises(ValueError, match="1 channels but the model expects 3.*convert\\('RGB'\\)"):
         model(torch.rand(2, 1, 64, 64))
     with pytest.raises(ValueError, match="not divisible by the encoder stride"):

@@ -90,6 +90,12 @@ def test_bad_config_files_name_the_key_and_what_is_allowed(tmp_path, text, messa
         run_pretraining.parse_arguments([str(path)])
 
 
+def test_flags_after_a_config_file_override_it():
+    model_args, _, args = run_pretraining.parse_arguments([str(ROOT / "training/configs/quickstart.yaml"), "--max_steps", "5",
+                                                           "--overwrite_output_dir"])
+    assert args.max_steps == 5 and args.overwrite_output_dir and args.learning_rate == 1.5e-3 and model_args.model == "vit-tiny-patch4-32"
+
+
 def test_config_file_values_are_converted_like_flags(tmp_path):
     path = tmp_path / "run.json"
     path.write_text('{"learning_rate": "3e-4", "max_steps": "7", "folk_normalize_prototypes": "false", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}}')

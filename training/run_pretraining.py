@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pre-train an MFM backbone (MFM, FOLK, or the SR / deblur / denoise baselines) with the Trainer.
 
-    python training/run_pretraining.py training/configs/quickstart.yaml
+    python training/run_pretraining.py training/configs/quickstart.yaml [--max_steps 50 ...]   # flags override the file
     python training/run_pretraining.py --model vit-base-patch16-224 --train_dir /data/imagenet/train \
         --output_dir outputs/mfm-vit-b --per_device_train_batch_size 128 --bf16 --num_train_epochs 300
     torchrun --nproc_per_node 8 training/run_pretraining.py ...   # or: accelerate launch ...
@@ -43,7 +43,7 @@ from transformers.trainer_pt_utils import safe_globals
 
 import mfm_hub
 from mfm_hub import data as mfm_data
-from mfm_hub.arguments import CONFIG_SUFFIXES, guard_output_dir, parse_config_file, require, require_at_least
+from mfm_hub.arguments import CONFIG_SUFFIXES, config_file_values, guard_output_dir, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
@@ -435,9 +435,11 @@ def push_outputs(output: Path, repo_id: str) -> None:
 
 
 def parse_arguments(argv: list[str]):
+    """Flags, or a YAML / JSON file first and flags after it that override the file."""
     parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES):
-        return parse_config_file(parser, argv[0])
+    if argv and argv[0].endswith(CONFIG_SUFFIXES):
+        parser.set_defaults(**config_file_values(parser, argv[0]))
+        argv = argv[1:]
     return parser.parse_args_into_dataclasses(argv)
 
 
