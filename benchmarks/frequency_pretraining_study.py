@@ -31,6 +31,7 @@ import run_few_shot  # noqa: E402
 import run_pretraining  # noqa: E402
 
 from mfm_hub import MFMViTConfig, MFMViTModel  # noqa: E402
+from mfm_hub.arguments import guard_output_dir  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,7 +42,8 @@ SMALL_VIT = dict(image_size=32, patch_size=4, hidden_size=96, num_hidden_layers=
 
 def run(method: str, seed: int, args, out: Path) -> dict:
     encoder = out / f"{method}-seed{seed}" / "encoder"
-    common = ["--seed", str(seed), "--report_to", "none", "--disable_tqdm", "true"]
+    overwrite = ["--overwrite_output_dir"] if args.overwrite_output_dir else []
+    common = ["--seed", str(seed), "--report_to", "none", "--disable_tqdm", "true", *overwrite]
     if method == "scratch":
         torch.manual_seed(seed)
         MFMViTModel(MFMViTConfig(**SMALL_VIT)).save_pretrained(encoder)
@@ -60,7 +62,7 @@ def run(method: str, seed: int, args, out: Path) -> dict:
                                      *evaluation_data, *common])
     few_shot = run_few_shot.main(["--model", str(encoder), "--output_dir", str(out / f"{method}-seed{seed}" / "few_shot"),
                                   "--ways", "5", "--shots", "5", "--queries", "15", "--episodes", str(args.episodes),
-                                  "--max_samples", str(args.eval_samples), "--seed", str(seed)])
+                                  "--max_samples", str(args.eval_samples), "--seed", str(seed), *overwrite])
     return {"fine_tune_top1": fine_tune["top1"], "linear_probe_top1": probe["top1"], "five_shot": few_shot["accuracy"]}
 
 
@@ -73,7 +75,9 @@ def main():
     parser.add_argument("--finetune_steps", type=int, default=80)
     parser.add_argument("--eval_samples", type=int, default=1000)
     parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="write over an earlier study in --output_dir")
     args = parser.parse_args()
+    guard_output_dir(args.output_dir, args.overwrite_output_dir)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     MFMViTConfig(**SMALL_VIT).to_json_file(out / "config.json")

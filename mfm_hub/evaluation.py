@@ -171,12 +171,16 @@ def validate_examples(dataset, check: Callable[[dict], object], what: str, max_l
     """Run ``check`` on every example of ``dataset`` before any training, so that bad data
     stops a run before compute is spent and before a trained model could be lost. Raises
     one `ValueError` that counts the bad examples and names the first ``max_listed``."""
-    problems = []
-    for index in tqdm(range(len(dataset)), desc=f"checking {what}", leave=False):
-        try:
-            check(dataset[index])
-        except (ValueError, OSError) as error:
-            problems.append(f"#{index}: {error}")
+    problems, index = [], 0
+    with tqdm(total=len(dataset), desc=f"checking {what}", leave=False) as progress:
+        for columns in dataset.iter(batch_size=256):  # column batches: far faster than row by row
+            for row in (dict(zip(columns, values)) for values in zip(*columns.values())):
+                try:
+                    check(row)
+                except (ValueError, OSError) as error:
+                    problems.append(f"#{index}: {error}")
+                index += 1
+            progress.update(len(next(iter(columns.values()))))
     if problems:
         listed = "; ".join(problems[:max_listed]) + (f"; and {len(problems) - max_listed} more" if len(problems) > max_listed else "")
         raise ValueError(f"{len(problems)} of {len(dataset)} {what} cannot be used, so nothing was trained: {listed}")
