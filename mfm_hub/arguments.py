@@ -106,4 +106,15 @@ def require_at_least(arguments: object, minimum: int, *names: str) -> None:
         require(value is None or (isinstance(value, int) and value >= minimum), f"--{name}", value, f"an integer >= {minimum}")
 
 
-__all__ = ["CONFIG_SUFFIXES", "config_file_values", "guard_output_dir", "read_config_file", "require", "require_at_least"]
+def check_training_arguments(args) -> None:
+    """What every script's `TrainingArguments` must hold to train at all: a batch, an
+    accumulation count and some steps or epochs (transformers otherwise fails deep inside,
+    divides by zero, or "trains" for 0 steps and exits 0), and a positive learning rate."""
+    require_at_least(args, 1, "per_device_train_batch_size", "gradient_accumulation_steps")
+    require(args.max_steps > 0 or args.num_train_epochs > 0, "--max_steps / --num_train_epochs", (args.max_steps, args.num_train_epochs),
+            "a positive number of steps or epochs")
+    require(args.learning_rate is None or args.learning_rate > 0, "--learning_rate", args.learning_rate, "> 0")
+
+
+__all__ = ["CONFIG_SUFFIXES", "check_training_arguments", "config_file_values", "guard_output_dir", "read_config_file", "require",
+           "require_at_least"]

@@ -98,6 +98,11 @@ DEGENERATE_ARGUMENTS = [
     (run_pretraining.main, ["--max_train_samples", "0"], "--max_train_samples must be an integer >= 1"),
     (run_pretraining.main, ["--num_figure_images", "1"], "--num_figure_images must be an integer >= 2"),
     (run_pretraining.main, ["--max_steps", "1", "--learning_rate=-1e-3"], "--learning_rate must be > 0"),
+    (run_pretraining.main, ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be an integer >= 1"),
+    (run_pretraining.main, ["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be an integer >= 1"),
+    (run_pretraining.main, ["--num_train_epochs", "0"], "--max_steps / --num_train_epochs must be a positive number"),
+    (run_classification.main, ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be an integer >= 1"),
+    (run_segmentation.main, ["--num_train_epochs", "0"], "--max_steps / --num_train_epochs must be a positive number"),
 ]
 
 

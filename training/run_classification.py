@@ -35,7 +35,7 @@ from transformers import AutoModelForImageClassification, HfArgumentParser, Trai
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import guard_output_dir, require, require_at_least
+from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import dataset_id, decode_image
 
@@ -100,7 +100,7 @@ class ClassificationArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False)
 
     def __post_init__(self):
-        require(self.learning_rate is None or self.learning_rate > 0, "--learning_rate", self.learning_rate, "> 0")
+        check_training_arguments(self)
         require(self.base_learning_rate > 0, "--base_learning_rate", self.base_learning_rate, "> 0")
         super().__post_init__()
 

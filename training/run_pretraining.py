@@ -43,7 +43,7 @@ from transformers.trainer_pt_utils import safe_globals
 
 import mfm_hub
 from mfm_hub import data as mfm_data
-from mfm_hub.arguments import CONFIG_SUFFIXES, config_file_values, guard_output_dir, require, require_at_least
+from mfm_hub.arguments import CONFIG_SUFFIXES, check_training_arguments, config_file_values, guard_output_dir, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
@@ -129,7 +129,7 @@ class PretrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False)
 
     def __post_init__(self):
-        require(self.learning_rate is None or self.learning_rate > 0, "--learning_rate", self.learning_rate, "> 0")
+        check_training_arguments(self)
         require(self.base_learning_rate > 0, "--base_learning_rate", self.base_learning_rate, "> 0")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.cuda.is_available():
             # accelerate only runs multi-process CPU training (gloo DDP) with use_cpu; without it each

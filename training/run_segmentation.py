@@ -32,7 +32,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, UperNetCo
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import guard_output_dir, require, require_at_least
+from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import IMAGE_EXTENSIONS, decode_image
 
@@ -88,6 +88,10 @@ class SegmentationArguments(TrainingArguments):
     save_strategy: str = field(default="no")
     logging_steps: float = field(default=10)
     remove_unused_columns: bool = field(default=False)
+
+    def __post_init__(self):
+        check_training_arguments(self)
+        super().__post_init__()
 
 
 def load_segnet_folder(data_dir: str, split: str) -> datasets.Dataset:
