@@ -73,6 +73,13 @@ def config_file_values(parser: HfArgumentParser, path: str | Path) -> dict[str, 
     return {key: _convert(actions[key], key, value, path) for key, value in content.items()}
 
 
+def trainer_checkpoints(folder: str | Path) -> list[Path]:
+    """The Trainer's ``checkpoint-<step>`` folders in ``folder``, oldest step first."""
+    steps = {int(path.name.removeprefix("checkpoint-")): path for path in Path(folder).glob("checkpoint-*")
+             if path.name.removeprefix("checkpoint-").isdigit()}
+    return [steps[step] for step in sorted(steps)]
+
+
 def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False, flag: str = "--overwrite_output_dir") -> None:
     """The one rule of every entry point: an output folder that already holds files is
     refused, before anything runs, unless the user asked to write over it (``flag``) or to
@@ -84,7 +91,7 @@ def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = F
     contents = sorted(child.name for child in path.iterdir()) if path.exists() else []
     if overwrite or resuming or not contents:
         return
-    checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = trainer_checkpoints(path)
     resume = f", or --resume_from_checkpoint {checkpoints[-1]} to continue its run" if checkpoints else ""
     shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
     raise FileExistsError(
@@ -117,4 +124,4 @@ def check_training_arguments(args) -> None:
 
 
 __all__ = ["CONFIG_SUFFIXES", "check_training_arguments", "config_file_values", "guard_output_dir", "read_config_file", "require",
-           "require_at_least"]
+           "require_at_least", "trainer_checkpoints"]

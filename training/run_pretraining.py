@@ -43,7 +43,15 @@ from transformers.trainer_pt_utils import safe_globals
 
 import mfm_hub
 from mfm_hub import data as mfm_data
-from mfm_hub.arguments import CONFIG_SUFFIXES, check_training_arguments, config_file_values, guard_output_dir, require, require_at_least
+from mfm_hub.arguments import (
+    CONFIG_SUFFIXES,
+    check_training_arguments,
+    config_file_values,
+    guard_output_dir,
+    require,
+    require_at_least,
+    trainer_checkpoints,
+)
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
@@ -102,7 +110,7 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={"help": "stream the dataset instead of downloading it (set --max_steps)"})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "use only the first N images"})
     min_crop_scale: float = field(default=0.2, metadata={"help": "RandomResizedCrop minimum area (0.2)"})
-    strict_data: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of skipping it"})
+    strict_data: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of replacing it"})
     num_figure_images: int = field(default=6, metadata={"help": "images in reconstructions.png"})
 
     def __post_init__(self):
@@ -197,7 +205,7 @@ class MFMPretrainingTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
-            last = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+            last = trainer_checkpoints(self.args.output_dir)
             raise NonFiniteLossError(
                 f"The loss became {loss.item()} at step {self.state.global_step + 1}; stopped before updating the "
                 f"weights. Last good checkpoint: {last[-1] if last else 'none saved yet'}. Lower the learning rate, "
@@ -368,10 +376,10 @@ def check_resumable(checkpoint: str, world_size: int) -> None:
     problem = checkpoint_problem(path, world_size)
     if problem is None:
         return
-    step = int(path.name.split("-")[-1]) if path.name.split("-")[-1].isdigit() else None
-    earlier = sorted((p for p in path.parent.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-                      and (step is None or int(p.name.split("-")[-1]) < step)), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-    good = next((p for p in earlier if checkpoint_problem(p, world_size) is None), None)
+    checkpoints = trainer_checkpoints(path.parent)
+    names = [p.name for p in checkpoints]
+    earlier = checkpoints[:names.index(path.name)] if path.name in names else checkpoints
+    good = next((p for p in reversed(earlier) if checkpoint_problem(p, world_size) is None), None)
     advice = f"resume from the previous good checkpoint with --resume_from_checkpoint {good}" if good else "no earlier checkpoint beside it is complete"
     raise ValueError(f"Cannot resume exactly from {path}: {problem}. Nothing was changed; {advice}.")
 
