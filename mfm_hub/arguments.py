@@ -1,5 +1,5 @@
-"""What every entry point checks before it runs: its configuration file (YAML / JSON) and its
-output folder.
+"""What every entry point checks before it runs: its configuration file (YAML / JSON), its
+arguments, and its output folder (with the Trainer checkpoints in it).
 
 `transformers.HfArgumentParser.parse_yaml_file` hands the file's values to the dataclasses
 as they are: a file that is not a mapping fails deep inside with an ``AttributeError``, a
