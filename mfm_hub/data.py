@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import logging
 import math
 import struct
 from pathlib import Path
@@ -22,7 +21,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2 as T
 
-logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
