@@ -21,7 +21,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2 as T
 
-
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts its IDX files.
