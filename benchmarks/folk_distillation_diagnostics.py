@@ -55,6 +55,9 @@ VARIANTS = {
     "default_lr5e-4": ["--learning_rate", "5e-4"],
 }
 
+#: The first release's (and DINO's) teacher temperature, at which the initial targets are measured.
+DINO_TEACHER_TEMPERATURE = 0.04
+
 
 @torch.no_grad()
 def initial_statistics(model_name: str, images: torch.Tensor, seed: int) -> list[dict]:
@@ -65,10 +68,10 @@ def initial_statistics(model_name: str, images: torch.Tensor, seed: int) -> list
                                                      folk_head_pooling="cls")).eval()
         config = model.config
         logits = model.teacher_head(model.head_features(model.teacher(normalize(images, config))))
-        probs = torch.softmax((logits - logits.mean(0, keepdim=True)) / 0.04, dim=-1)
+        probs = torch.softmax((logits - logits.mean(0, keepdim=True)) / DINO_TEACHER_TEMPERATURE, dim=-1)
         entropy, marginal_kl = distribution_statistics(probs)
         rows.append({"prototypes": "unit-norm" if normalized else "plain", "logit_std": logits.std().item(),
-                     "logit_range": (logits.max() - logits.min()).item(), "scaled_logit_std": (logits / 0.04).std().item(),
+                     "logit_range": (logits.max() - logits.min()).item(), "scaled_logit_std": (logits / DINO_TEACHER_TEMPERATURE).std().item(),
                      "teacher_entropy": entropy.item(), "marginal_kl": marginal_kl.item(), "log_k": math.log(config.folk_head_output_dim)})
     return rows
 
@@ -126,8 +129,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
-    images = sample_images(args.train_dir, resolve_config(args.model), count=128, seed=args.seed)
-    print(f"At initialisation ({len(images)} training images, cls token, logits centred on their mean, teacher temperature 0.04):")
+    config = resolve_config(args.model)
+    log_k = math.log(config.folk_head_output_dim)
+    images = sample_images(args.train_dir, config, count=128, seed=args.seed)
+    print(f"At initialisation ({len(images)} training images, cls token, logits centred on their mean, "
+          f"teacher temperature {DINO_TEACHER_TEMPERATURE}):")
     print("  image-to-image spread of the head input (mean distance to the batch mean / mean norm): "
           + ", ".join(f"{pooling} {spread:.2f}" for pooling, spread in head_input_spread(args.model, images, args.seed).items()))
     for row in initial_statistics(args.model, images, args.seed):
@@ -149,14 +155,13 @@ def main(argv=None) -> None:
             row.append(f"{history[0][term]:.2f} / {lowest[term]:.2f} (step {lowest['step']}) / {sum(e[term] for e in tail) / len(tail):.2f}")
         row.append(f"{sum(e['teacher_marginal_kl'] for e in tail) / len(tail):.2f}")
         print(f"{row[0]:<24} {row[1]:>44} {row[2]:>47} {row[3]:>25}")
-    print(f"(log K = {math.log(resolve_config(args.model).folk_head_output_dim):.3f})")
+    print(f"(log K = {log_k:.3f})")
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=120)
     for name, history in histories.items():
         steps = [entry["step"] for entry in history]
         for ax, term in zip(axes, ("distillation_loss", "teacher_entropy", "teacher_marginal_kl")):
             ax.plot(steps, [entry[term] for entry in history], label=name)
-    log_k = math.log(resolve_config(args.model).folk_head_output_dim)
     for ax, term in zip(axes, ("distillation loss", "teacher mean target entropy", "KL(mean target || uniform)")):
         ax.axhline(log_k, color="black", linestyle=":", linewidth=1)
         ax.set_title(f"{term} (dotted: log K)", fontsize=9)
