@@ -12,7 +12,7 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
-from . import frequency, timm_compat
+from . import frequency, timm_compat, zoo
 from .configuration_mfm import (
     PRESETS,
     MFMResNetConfig,
@@ -20,7 +20,7 @@ from .configuration_mfm import (
     config_from_preset,
 )
 from .image_processing import image_processor_for_config
-from .modeling_common import MFMPreTrainingOutput
+from .modeling_common import MFMPreTrainingOutput, backbone_from_pretrained
 from .modeling_folk import (
     FOLKPreTrainingOutput,
     FOLKResNetForPreTraining,
@@ -67,7 +67,9 @@ __all__ = [
     "MFMViTForImageClassification",
     "MFMViTForPreTraining",
     "MFMViTModel",
+    "backbone_from_pretrained",
     "config_from_preset",
     "frequency",
     "image_processor_for_config",
+    "zoo",
 ]

@@ -167,9 +167,13 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
     layer_norm_eps (`float`): 1e-6 as in the official code.
     layer_scale_init_value (`float`, *optional*): LayerScale init; ``None`` (MFM) disables it.
     drop_path_rate, hidden_dropout_prob, attention_dropout_prob (`float`): regularisation.
-    use_mean_pooling (`bool`): pool = ``fc_norm(mean(patch tokens))`` and no final norm, as
-        the official fine-tuning; ``False`` keeps the pre-training final norm and pools the
-        cls token.
+    use_mean_pooling (`bool`): the official fine-tuning layout: ``pooler_output`` =
+        ``fc_norm(mean(patch tokens))`` and no final norm. ``False`` keeps the pre-training
+        final norm and pools as ``pooling`` says.
+    pooling (`str`): ``pooler_output`` with the final norm kept: ``"mean"`` (the mean of the
+        normed patch tokens, what MFM trains and our evaluation reads; the default) or
+        ``"cls"`` (the cls token, which MFM pre-training never trains). Checkpoints saved
+        before this field existed load with ``"cls"``, the pooling they were saved with.
     out_features / out_indices: stages returned by `MFMViTBackbone` (``stem`` is the patch
         embedding, ``stageN`` the output of block N); defaults to 4 evenly spaced blocks.
     add_fpn (`bool`): turn four stride-p maps into strides p/4, p/2, p, 2p (BEiT's
@@ -194,6 +198,7 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
     hidden_dropout_prob: float = 0.0
     attention_dropout_prob: float = 0.0
     use_mean_pooling: bool = False
+    pooling: str = "mean"
     add_fpn: bool | None = None
     folk_head_pooling: str = "mean"
     _out_features: list[str] | None = None
@@ -212,6 +217,7 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
         _check(self.num_hidden_layers >= 1, f"`num_hidden_layers` must be >= 1, got {self.num_hidden_layers!r}.")
         _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
         _check(self.folk_head_pooling in ("mean", "cls"), f"`folk_head_pooling` must be 'mean' or 'cls', got {self.folk_head_pooling!r}.")
+        _check(self.pooling in ("mean", "cls"), f"`pooling` must be 'mean' or 'cls', got {self.pooling!r}.")
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
         if out_indices is None and out_features is None:
@@ -225,6 +231,12 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
             f"`add_fpn=True` needs exactly 4 `out_indices`, got {self._out_indices}.",
         )
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        if "pooling" not in config_dict and "use_mean_pooling" in config_dict:
+            config_dict = {**config_dict, "pooling": "cls"}  # saved before `pooling` existed: it pooled the cls token
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def encoder_stride(self) -> int:

@@ -302,3 +302,14 @@ class MFMForImageClassificationMixin:
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return output if return_dict is not False else output.to_tuple()
+
+
+def backbone_from_pretrained(pretrained_model_name_or_path, **kwargs):
+    """`AutoBackbone.from_pretrained` that also takes a local folder: transformers 5.23's
+    `AutoBackbone` asks the Hub whether the name is a repository before anything else, so a
+    local path fails (offline or not) and, online, an unknown name silently becomes a timm
+    model. This resolves the config (local or Hub) and loads the registered backbone class."""
+    from transformers import AutoBackbone, AutoConfig
+
+    config = kwargs.get("config") or AutoConfig.from_pretrained(pretrained_model_name_or_path)
+    return AutoBackbone._model_mapping[type(config)].from_pretrained(pretrained_model_name_or_path, **kwargs)

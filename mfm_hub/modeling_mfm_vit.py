@@ -88,8 +88,9 @@ class MFMViTModel(MFMViTPreTrainedModel):
     Input: normalised ``pixel_values`` ``(B, C, H, W)``, H and W divisible by the patch size
     (position embeddings are interpolated when the grid differs from ``image_size``).
     Output: `BaseModelOutputWithPooling` with ``last_hidden_state`` ``(B, 1 + H*W/p^2, D)``
-    (cls token first), ``pooler_output`` ``(B, D)`` (mean of patch tokens through ``fc_norm``
-    with ``use_mean_pooling``, else the cls token) and, on request, ``hidden_states``: the
+    (cls token first), ``pooler_output`` ``(B, D)`` (``fc_norm`` of the mean patch token with
+    ``use_mean_pooling``; else the mean of the normed patch tokens, or the cls token with
+    ``pooling="cls"``) and, on request, ``hidden_states``: the
     embeddings and every block's output.
     """
 
@@ -158,6 +159,8 @@ class MFMViTModel(MFMViTPreTrainedModel):
         last_hidden_state = self.encoder.norm(hidden)
         if self.config.use_mean_pooling:
             pooled = self.encoder.fc_norm(hidden[:, 1:].mean(dim=1))
+        elif self.config.pooling == "mean":
+            pooled = last_hidden_state[:, 1:].mean(dim=1)
         else:
             pooled = last_hidden_state[:, 0]
         output = BaseModelOutputWithPooling(

@@ -75,6 +75,30 @@ def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "Pre
     return path
 
 
+def plot_validation_curve(log_history: list[dict], path: str | Path, title: str) -> Path:
+    """Fine-tuning: training loss and validation top-1 against the optimizer step, to show
+    whether a run has converged."""
+    accuracy = logged_series(log_history, "eval_top1")
+    if not accuracy:
+        raise ValueError("The log history holds no validation accuracy (eval_top1).")
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(*zip(*accuracy), color="tab:green", marker=".", label="validation top-1")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation top-1", color="tab:green")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    losses = logged_losses(log_history)
+    if losses:
+        twin = ax.twinx()
+        twin.plot(*zip(*losses), color="tab:blue", alpha=0.6, label="training loss")
+        twin.set_ylabel("training loss", color="tab:blue")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 @torch.no_grad()
 def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, generator: Optional[torch.Generator] = None,
                         title: Optional[str] = None) -> Path:

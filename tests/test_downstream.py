@@ -95,18 +95,21 @@ def test_k_shot_and_fraction_subsets():
 def test_model_card_results_accumulate_and_a_protocol_updates_its_own_entry(tmp_path):
     from huggingface_hub import ModelCard
 
+    from mfm_hub.data import dataset_reference
     from mfm_hub.evaluation import add_to_model_index
 
+    fashion = dataset_reference(None, None)
     (tmp_path / "README.md").write_text("---\nlibrary_name: transformers\n---\n\n# enc\n\nEarlier text.\n")
-    add_to_model_index(tmp_path, "enc", "image-classification", "Few-shot, 5-way 5-shot episodes", "fashion_mnist", "fashion_mnist", {"accuracy": 0.5})
-    add_to_model_index(tmp_path, "enc", "image-classification", "Few-shot, 5-way 1-shot episodes", "fashion_mnist", "fashion_mnist", {"accuracy": 0.3})
-    add_to_model_index(tmp_path, "enc", "image-classification", "Fine-tuning", "fashion_mnist", "fashion_mnist", {"top1": 0.8})
-    add_to_model_index(tmp_path, "enc", "image-classification", "Few-shot, 5-way 5-shot episodes", "fashion_mnist", "fashion_mnist", {"accuracy": 0.6})
+    add_to_model_index(tmp_path, "enc", "image-classification", "Few-shot, 5-way 5-shot episodes", fashion, {"accuracy": 0.5})
+    add_to_model_index(tmp_path, "enc", "image-classification", "Few-shot, 5-way 1-shot episodes", fashion, {"accuracy": 0.3})
+    add_to_model_index(tmp_path, "enc", "image-classification", "Fine-tuning", fashion, {"top1": 0.8})
+    add_to_model_index(tmp_path, "enc", "image-classification", "Few-shot, 5-way 5-shot episodes", fashion, {"accuracy": 0.6})
     card = ModelCard.load(tmp_path / "README.md")
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}
     assert results == {"Few-shot, 5-way 5-shot episodes: accuracy": 0.6, "Few-shot, 5-way 1-shot episodes: accuracy": 0.3,
                        "Fine-tuning: top1": 0.8}
     assert "Earlier text." in card.text
+    assert {r.dataset_type for r in card.data.eval_results} == {"zalando-datasets/fashion_mnist"}
 
 
 def test_class_count_mismatch():
@@ -229,6 +232,16 @@ def test_segmentation_end_to_end(camvid_subset, encoder, tmp_path):
     assert 0 <= results["mean_iou"] <= 1 and len(results["per_category_iou"]) == 11 and results["eval_images"] == 2
     assert (tmp_path / "seg" / "segmentation_overlays.png").exists()
     assert "mean_iou" in (tmp_path / "seg" / "README.md").read_text()
+
+    # the checkpoint works in transformers' pipeline: one full-size mask per class present
+    from transformers import pipeline
+
+    segmenter = pipeline("image-segmentation", model=str(tmp_path / "seg"))
+    image = Image.open(next((camvid_subset / "val").iterdir())).convert("RGB")
+    segments = segmenter(image, subtask="semantic")
+    assert segments and all(segment["mask"].size == image.size for segment in segments)
+    coverage = sum(np.asarray(segment["mask"]) > 0 for segment in segments)
+    assert (coverage == 1).all()  # every pixel in exactly one class's mask
 
 
 @needs_fashion

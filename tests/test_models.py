@@ -29,8 +29,10 @@ from mfm_hub import (
     MFMViTForImageClassification,
     MFMViTForPreTraining,
     MFMViTModel,
+    backbone_from_pretrained,
     config_from_preset,
 )
+from mfm_hub.evaluation import eval_transform, frozen_features
 
 FAMILIES = {
     "vit": (tiny_vit_config, MFMViTModel, MFMViTForPreTraining, MFMViTForImageClassification, MFMViTBackbone),
@@ -160,8 +162,10 @@ def test_save_load_roundtrip_and_auto_classes(family, tmp_path):
                        model.base_model.encoder.conv1.weight if family == "resnet" else model.base_model.encoder.pos_embed)
     assert type(AutoBackbone.from_config(AutoConfig.from_pretrained(tmp_path))) is backbone
     assert type(backbone.from_pretrained(tmp_path)) is backbone
+    assert type(backbone_from_pretrained(tmp_path)) is backbone  # AutoBackbone.from_pretrained refuses local folders
     processor = AutoImageProcessor.from_pretrained(tmp_path)
-    assert processor.size == {"height": 64 if family == "resnet" else 32, "width": 64 if family == "resnet" else 32}
+    side = 64 if family == "resnet" else 32
+    assert processor.crop_size == {"height": side, "width": side} and processor.size == {"shortest_edge": int(side / 0.875)}
 
 
 def test_mismatching_checkpoint_names_the_keys(tmp_path):
@@ -286,3 +290,52 @@ def test_vit_config_serialises_backbone_fields():
     config = MFMViTConfig(out_indices=[3, 6, 9, 12])
     restored = MFMViTConfig.from_dict(config.to_dict())
     assert restored.out_features == ["stage3", "stage6", "stage9", "stage12"] and restored.add_fpn
+
+
+def test_pipelines_see_exactly_what_the_evaluation_sees(tmp_path):
+    """The saved image processor is the evaluation preprocessing (shorter side to size / 0.875,
+    bicubic, centre crop, ImageNet mean/std): identical pixels, identical features and scores."""
+    labels = dict(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    config = tiny_vit_config(**labels)
+    MFMViTModel(config).save_pretrained(tmp_path / "encoder")
+    image = Image.fromarray(np.random.randint(0, 255, (45, 70, 3), dtype=np.uint8))  # neither square nor the model's size
+    evaluated = eval_transform(config)(image)
+    extractor = pipeline("image-feature-extraction", model=str(tmp_path / "encoder"))
+    assert torch.equal(extractor.image_processor(image, return_tensors="pt")["pixel_values"][0], evaluated)
+    encoder = MFMViTModel.from_pretrained(tmp_path / "encoder").eval()
+    with torch.no_grad():
+        ours = frozen_features(encoder, evaluated[None])[0]
+        pooled = encoder(evaluated[None]).pooler_output[0]
+    assert torch.allclose(torch.tensor(extractor(image, pool=True))[0], ours, atol=1e-5)
+    assert torch.allclose(pooled, ours, atol=1e-6)  # pooler_output = the mean patch token the evaluation uses
+
+    MFMViTForImageClassification(tiny_vit_config(**labels, use_mean_pooling=True)).save_pretrained(tmp_path / "classifier")
+    classifier = MFMViTForImageClassification.from_pretrained(tmp_path / "classifier").eval()
+    with torch.no_grad():
+        probabilities = classifier(evaluated[None]).logits.softmax(-1)[0]
+    scores = {p["label"]: p["score"] for p in pipeline("image-classification", model=str(tmp_path / "classifier"))(image)}
+    assert [scores[name] for name in "abc"] == pytest.approx(probabilities.tolist(), abs=1e-5)
+
+
+def test_vit_pooling_default_option_and_old_checkpoints(tmp_path):
+    config = tiny_vit_config()
+    assert config.pooling == "mean" and not config.use_mean_pooling
+    model = MFMViTModel(config).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        assert torch.allclose(out.pooler_output, out.last_hidden_state[:, 1:].mean(1))
+        model.config.pooling = "cls"
+        assert torch.equal(model(x).pooler_output, out.last_hidden_state[:, 0])
+    with pytest.raises(ValueError, match="`pooling` must be 'mean' or 'cls'"):
+        tiny_vit_config(pooling="max")
+    # a checkpoint saved before `pooling` existed pooled the cls token, and still does
+    MFMViTModel(config).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["pooling"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert AutoConfig.from_pretrained(tmp_path).pooling == "cls"
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        out = reloaded(x)
+    assert torch.equal(out.pooler_output, out.last_hidden_state[:, 0])

@@ -131,7 +131,10 @@ def test_pretraining_writes_a_loadable_backbone_card_and_figures(fashion_folder,
     assert isinstance(AutoModel.from_pretrained(output), MFMViTModel)
     assert isinstance(MFMViTBackbone.from_pretrained(output), MFMViTBackbone)
     card = (output / "README.md").read_text()
-    assert "model-index" in card and "MFM pre-training" in card and "Xie" in card and "Monsefi" in card
+    assert "pre-trained with MFM" in card and "Xie" in card and "Monsefi" in card
+    # valid Hub metadata: no pre-training loss posing as an evaluation, no local path, the folder name as model name
+    assert "\nmodel-index:" not in card and str(fashion_folder) not in card and "datasets:" not in card
+    assert f"local image folder '{fashion_folder.name}'" in card and card.count(f"# {output.name}") == 1
     assert "![loss curve](loss_curve.png)" in card
     history = json.loads((output / "train_results.json").read_text())["log_history"]
     assert [e["step"] for e in history if "loss" in e] == [1, 2, 3, 4]

@@ -37,7 +37,8 @@ import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
-from mfm_hub.data import dataset_id, decode_image
+from mfm_hub.data import dataset_reference, decode_image
+from mfm_hub.visualization import logged_series, plot_validation_curve
 
 logger = logging.getLogger("run_classification")
 
@@ -106,13 +107,28 @@ class ClassificationArguments(TrainingArguments):
 
 
 class ClassificationTrainer(Trainer):
-    """Soft-target loss for Mixup/CutMix batches, label smoothing otherwise, and timm's
-    layer-decay parameter groups (lr scaled per group before the scheduler sees it)."""
+    """Soft-target loss for Mixup/CutMix batches, label smoothing otherwise, timm's
+    layer-decay parameter groups (lr scaled per group before the scheduler sees it), and
+    evaluation / prediction batches built by ``eval_collator`` (no augmentation, no Mixup)."""
 
-    def __init__(self, *args, label_smoothing: float = 0.0, layer_decay: Optional[float] = None, **kwargs):
+    def __init__(self, *args, eval_collator, label_smoothing: float = 0.0, layer_decay: Optional[float] = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
         self.label_smoothing = label_smoothing
         self.layer_decay = layer_decay
+
+    def _with_eval_collator(self, make_loader, dataset):
+        training_collator, self.data_collator = self.data_collator, self.eval_collator
+        try:
+            return make_loader(dataset)
+        finally:
+            self.data_collator = training_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return self._with_eval_collator(super().get_eval_dataloader, eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        return self._with_eval_collator(super().get_test_dataloader, test_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
@@ -185,6 +201,11 @@ def training_batches(config, data_args: DataArguments, linear_probe: bool, image
     return ImageBatch(image_column, data_args.label_column, transform, mixup)
 
 
+def top1_during_training(prediction) -> dict:
+    """Validation top-1 for the Trainer's periodic evaluation (``eval_top1`` in the logs)."""
+    return {"top1": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
 def subset_for_training(dataset, data_args: DataArguments, label_column: str, seed: int):
     if data_args.shots_per_class is not None and data_args.train_fraction is not None:
         raise ValueError("Use either --shots_per_class or --train_fraction, not both.")
@@ -230,12 +251,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
     trainer = ClassificationTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=test,
         data_collator=training_batches(config, data_args, model_args.linear_probe, image_column, len(class_names)),
+        eval_collator=ImageBatch(image_column, data_args.label_column, eval_transform),
         label_smoothing=data_args.label_smoothing, layer_decay=None if model_args.linear_probe else model_args.layer_decay,
+        compute_metrics=top1_during_training,
     )
     trainer.train()
     output = Path(args.output_dir)
     trainer.save_model(output)  # before evaluating: nothing that fails later can lose it
-    trainer.data_collator = ImageBatch(image_column, data_args.label_column, eval_transform)
+    eval_transform.processor.save_pretrained(output)  # with this run's --crop_pct
     prediction = trainer.predict(test)
     scores, labels = prediction.predictions, prediction.label_ids
     metrics = evaluation.TopKAccuracy().compute(predictions=scores.tolist(), references=labels.tolist())
@@ -248,17 +271,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "train_fraction": data_args.train_fraction,
         "seed": args.seed,
         **metrics,
+        "validation_curve": [{"step": step, "top1": top1} for step, top1 in logged_series(trainer.state.log_history, "eval_top1")],
     }
     if not trainer.is_world_process_zero():
         return results
     evaluation.write_results(output, results)
     evaluation.plot_confusion_matrix(labels, scores.argmax(1), class_names, output / "confusion_matrix.png",
                                      title=f"{results['protocol']}: top-1 {metrics['top1']:.3f}")
-    dataset_type = dataset_id(data_args.dataset_name, data_args.train_dir)
+    if results["validation_curve"]:
+        plot_validation_curve(trainer.state.log_history, output / "validation_curve.png", f"{results['protocol']} ({len(train)} training images)")
     task = "Linear probe" if model_args.linear_probe else "Fine-tuning"
     shots = f", {data_args.shots_per_class}-shot" if data_args.shots_per_class else f", {data_args.train_fraction:.0%} of labels" if data_args.train_fraction else ""
-    evaluation.add_to_model_index(output, output.name, "image-classification", f"{task}{shots}", dataset_type,
-                                  dataset_type, {k: v for k, v in metrics.items() if k.startswith("top")})
+    evaluation.add_to_model_index(output, output.name, "image-classification", f"{task}{shots}",
+                                  dataset_reference(data_args.dataset_name, data_args.train_dir), {k: v for k, v in metrics.items() if k.startswith("top")})
     print(f"top-1 {metrics['top1']:.4f}; results, figure and model in {output.resolve()}")
     return results
 

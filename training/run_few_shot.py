@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import guard_output_dir, require, require_at_least
-from mfm_hub.data import dataset_id, decode_image
+from mfm_hub.data import dataset_reference, decode_image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -51,24 +51,9 @@ def extract_features(model, dataset, image_column: str, batch_size: int, crop_pc
     features = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="features"):
         batch = dataset[start:start + batch_size][image_column]
-        pixels = torch.stack([transform(decode_image(value)) for value in batch]).to(model.device)
+        pixels = transform.batch([decode_image(value) for value in batch]).to(model.device)
         features.append(evaluation.frozen_features(model, pixels).float().cpu())
     return torch.cat(features)
-
-
-def logistic_regression(support: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 100) -> torch.nn.Linear:
-    """Multinomial logistic regression on L2-normalised features (L-BFGS, small L2 penalty)."""
-    classifier = torch.nn.Linear(support.shape[1], num_classes)
-    optimizer = torch.optim.LBFGS(classifier.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(classifier(support), labels) + 1e-3 * classifier.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return classifier
 
 
 def run_episodes(features: torch.Tensor, labels: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
@@ -94,7 +79,7 @@ def run_episodes(features: torch.Tensor, labels: np.ndarray, ways: int, shots: i
         if classifier == "prototype":
             scores = query @ F.normalize(support.mean(dim=1), dim=1).T
         else:
-            fitted = logistic_regression(support.flatten(0, 1), torch.arange(ways).repeat_interleave(shots), ways)
+            fitted = evaluation.logistic_regression(support.flatten(0, 1), torch.arange(ways).repeat_interleave(shots), ways)
             with torch.no_grad():
                 scores = fitted(query)
         accuracies.append(float((scores.argmax(1) == query_labels).float().mean()))
@@ -169,11 +154,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     output = Path(args.output_dir)
     evaluation.write_results(output, results)
     plot_episodes(accuracies, output / "few_shot_episodes.png", f"{results['protocol']} ({args.classifier}): {mean:.3f} +- {interval:.3f}")
-    dataset_type = dataset_id(args.dataset_name, args.data_dir)
     # the backbone itself is evaluated, so its own card gets the entry when it is a local checkpoint
     card_dir = args.model if Path(args.model).is_dir() else output
     evaluation.add_to_model_index(card_dir, Path(args.model).name, "image-classification", f"Few-shot, {results['protocol']}",
-                                  dataset_type, dataset_type, {"accuracy": mean, "ci95": interval}, split=args.split)
+                                  dataset_reference(args.dataset_name, args.data_dir), {"accuracy": mean, "ci95": interval}, split=args.split)
     print(f"{results['protocol']} accuracy {mean:.4f} +- {interval:.4f} (95% interval over {args.episodes} episodes) -> {output.resolve()}")
     return results
 

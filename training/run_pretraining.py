@@ -407,7 +407,7 @@ def export(trainer, model_args, data_args, args, train_images, dataset, column, 
     reconstruction_grid(model, pixels, output / "reconstructions.png", generator=torch.Generator(model.device).manual_seed(args.seed),
                         title=f"{METHODS[method][0]} pre-training")
     losses = [loss for _, loss in logged_losses(trainer.state.log_history)]
-    dataset_id = mfm_data.dataset_id(data_args.dataset_name, data_args.train_dir)
+    data = mfm_data.dataset_reference(data_args.dataset_name, data_args.train_dir)
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
@@ -418,8 +418,8 @@ def export(trainer, model_args, data_args, args, train_images, dataset, column, 
     )
     write_model_card(output, "pretrained.md", backbone, {
         "model_name": args.hub_model_id or output.name,
-        "dataset_id": dataset_id,
-        "dataset_name": "Fashion-MNIST (Debian package dataset-fashion-mnist)" if dataset_id == "fashion_mnist" else (data_args.dataset_name or data_args.train_dir),
+        "datasets": f"datasets:\n- {data.hub_id}\n" if data.hub_id else "",
+        "dataset_name": data.name,
         "num_images": str(len(dataset)) if hasattr(dataset, "__len__") else "streamed",
         "image_size": str(config.image_size),
         "method_name": METHODS[method][0],

@@ -30,7 +30,7 @@ from transformers import AutoModelForImageClassification
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import guard_output_dir, require, require_at_least
-from mfm_hub.data import dataset_id, decode_image
+from mfm_hub.data import DatasetReference, dataset_reference, decode_image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -150,10 +150,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     output = Path(args.output_dir)
     evaluation.write_results(output, results)
     plot_errors(results, corruptions, output / "corruption_errors.png", Path(args.model).name, Path(args.baseline).name)
-    dataset_type = dataset_id(args.dataset_name, args.data_dir)
+    data = dataset_reference(args.dataset_name, args.data_dir)
+    corrupted = DatasetReference(data.type, f"{data.name} with ImageNet-C corruptions", data.hub_id)
     evaluation.add_to_model_index(args.model, Path(args.model).name, "image-classification", f"Common corruptions (mCE vs {Path(args.baseline).name})",
-                                  f"{dataset_type}-c", f"{dataset_type} with ImageNet-C corruptions",
-                                  {"mCE": results["mCE"], "clean_top1": results["clean_top1"]}, split=args.split)
+                                  corrupted, {"mCE": results["mCE"], "clean_top1": results["clean_top1"]}, split=args.split)
     print(f"mCE {results['mCE']:.4f} (relative to {args.baseline}); clean top-1 {results['clean_top1']:.4f} -> {output.resolve()}")
     return results
 

@@ -34,7 +34,8 @@ import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
-from mfm_hub.data import IMAGE_EXTENSIONS, decode_image
+from mfm_hub.data import IMAGE_EXTENSIONS, dataset_reference, decode_image
+from mfm_hub.image_processing import segmentation_image_processor
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -256,6 +257,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     trainer.train()
     output = Path(args.output_dir)
     trainer.save_model(output)  # before evaluating: nothing that fails later can lose it
+    height, width = read_pair(test[0], model_args.num_labels, model_args.ignore_index)[1].shape
+    segmentation_image_processor(backbone_config, -(-height // EVAL_MULTIPLE) * EVAL_MULTIPLE,
+                                 -(-width // EVAL_MULTIPLE) * EVAL_MULTIPLE).save_pretrained(output)
 
     evaluate_batch = SegmentationBatch(backbone_config, model_args.num_labels, model_args.ignore_index, crop_size=None)
     metric = evaluation.MeanIoU()
@@ -278,8 +282,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     evaluation.write_results(output, results)
     plot_overlays(*zip(*figure), model_args.ignore_index, output / "segmentation_overlays.png",
                   f"UperNet on {Path(model_args.model).name}: mIoU {scores['mean_iou']:.3f}")
-    dataset_type = data_args.dataset_name or Path(data_args.data_dir).name
-    evaluation.add_to_model_index(output, output.name, "image-segmentation", "Semantic segmentation (UperNet)", dataset_type, dataset_type,
+    evaluation.add_to_model_index(output, output.name, "image-segmentation", "Semantic segmentation (UperNet)",
+                                  dataset_reference(data_args.dataset_name, data_args.data_dir),
                                   {k: scores[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")}, split=data_args.eval_split)
     print(f"mIoU {scores['mean_iou']:.4f}, mean accuracy {scores['mean_accuracy']:.4f}, overall accuracy {scores['overall_accuracy']:.4f} -> {output.resolve()}")
     return results

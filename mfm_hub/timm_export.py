@@ -1,0 +1,148 @@
+"""Export an MFM ViT / ResNet checkpoint in timm's own format, so that timm users load it with
+``timm.create_model("hf-hub:<repo>", pretrained=True)`` or ``"local-dir:<folder>"``.
+
+    python -m mfm_hub.timm_export --model outputs/quickstart --output outputs/quickstart-timm [--push-to-hub org/name]
+
+The timm model is built by timm's own factory from explicit arguments (the official MFM
+ViT is timm's `Beit` with absolute position embeddings, no relative position bias and no
+LayerScale; an MFM ResNet is the timm ResNet of the same depth), every weight is loaded
+strictly, and the folder gets timm's ``config.json`` (architecture, arguments and a
+``pretrained_cfg`` with the evaluation preprocessing: input size, bicubic, crop 0.875,
+ImageNet mean/std) plus ``model.safetensors``.
+
+Why explicit arguments: timm's ``create_model`` drops ``None`` keyword arguments, so the
+obvious ``init_values=None`` keeps the Beit default LayerScale; LayerScale is off here with
+``init_values=0.0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import import_module
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .arguments import guard_output_dir
+from .image_processing import EVAL_CROP_PCT
+
+#: MFM ResNet shapes that a timm architecture reproduces.
+TIMM_RESNETS = {
+    ("basic", (2, 2, 2, 2)): "resnet18",
+    ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("bottleneck", (3, 8, 36, 3)): "resnet152",
+}
+
+
+def _vit_spec(config) -> tuple[str, dict, str]:
+    if config.layer_scale_init_value:
+        raise ValueError("A ViT with LayerScale has no timm counterpart here (MFM uses none); export needs layer_scale_init_value=None.")
+    arguments = dict(
+        img_size=config.image_size, patch_size=config.patch_size, in_chans=config.num_channels, embed_dim=config.hidden_size,
+        depth=config.num_hidden_layers, num_heads=config.num_attention_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+        init_values=0.0, use_abs_pos_emb=True, use_rel_pos_bias=False, use_shared_rel_pos_bias=False,
+        # timm pools as our pooler_output does: fc_norm(mean) in the fine-tuning layout, else the normed mean or cls token
+        global_pool="avg" if config.use_mean_pooling or config.pooling == "mean" else "token", use_fc_norm=bool(config.use_mean_pooling),
+    )
+    if config.layer_norm_eps != 1e-6:
+        raise ValueError(f"timm's Beit uses LayerNorm eps 1e-6; this model has {config.layer_norm_eps}.")
+    return "beit_base_patch16_224", arguments, "head"
+
+
+def _resnet_spec(config) -> tuple[str, dict, str]:
+    key = (config.block_type, tuple(config.layers))
+    if key not in TIMM_RESNETS:
+        shapes = ", ".join(f"{name} ({block}, layers {list(layers)})" for (block, layers), name in TIMM_RESNETS.items())
+        raise ValueError(f"No timm architecture has {config.block_type} blocks with layers {list(config.layers)}; "
+                         f"timm export supports {shapes}.")
+    return TIMM_RESNETS[key], dict(in_chans=config.num_channels, global_pool="avg"), "fc"
+
+
+#: model_type -> (timm architecture, its arguments, name of its classifier) for a config.
+TIMM_SPECS: dict[str, Callable] = {"mfm_vit": _vit_spec, "mfm_resnet": _resnet_spec}
+
+
+def load_mfm_model(source: str | Path):
+    """The model a checkpoint folder / Hub id was saved as (its ``architectures`` entry)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    return getattr(import_module("mfm_hub"), config.architectures[0]).from_pretrained(source).eval()
+
+
+def to_timm(model):
+    """The timm model equal to ``model``'s encoder (and classifier, if it has one)."""
+    import timm
+
+    config = model.config
+    if config.model_type not in TIMM_SPECS:
+        raise ValueError(f"timm export supports {sorted(TIMM_SPECS)} models, not {config.model_type!r}.")
+    architecture, arguments, head = TIMM_SPECS[config.model_type](config)
+    classifier = getattr(model, "classifier", None)
+    num_classes = classifier.out_features if isinstance(classifier, torch.nn.Linear) else 0
+    timm_model = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **arguments)
+    state = dict(model.base_model.encoder.state_dict())
+    if num_classes:
+        state.update({f"{head}.weight": classifier.weight, f"{head}.bias": classifier.bias})
+    timm_model.load_state_dict(state, strict=True)
+    return timm_model.eval(), {**arguments, "num_classes": num_classes}
+
+
+def export_to_timm(source, output: str | Path, push_to_hub: Optional[str] = None, overwrite: bool = False,
+                   license: Optional[str] = None) -> Path:
+    """Write ``source`` (a model, a checkpoint folder or a Hub id) as a timm checkpoint in
+    ``output`` and optionally push it; an ``output`` holding files is refused unless ``overwrite``."""
+    from timm.models._hub import save_for_hf
+
+    guard_output_dir(output, overwrite, flag="--overwrite")
+    model = source if isinstance(source, torch.nn.Module) else load_mfm_model(source)
+    timm_model, arguments = to_timm(model)
+    config = model.config
+    data = dict(input_size=(config.num_channels, config.image_size, config.image_size), interpolation="bicubic",
+                crop_pct=EVAL_CROP_PCT, crop_mode="center", mean=tuple(config.image_mean), std=tuple(config.image_std))
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    save_for_hf(timm_model, str(output), model_args=arguments, safe_serialization=True, data_config=data)
+    path = output / "config.json"
+    exported = json.loads(path.read_text())
+    exported["pretrained_cfg"]["tag"] = "mfm_hub"  # not the ImageNet weights of the architecture we borrowed
+    exported["pretrained_cfg"].pop("license", None)
+    if license:
+        exported["pretrained_cfg"]["license"] = license
+    if getattr(config, "id2label", None) and arguments["num_classes"]:
+        exported["pretrained_cfg"]["label_names"] = [config.id2label[i] for i in range(arguments["num_classes"])]
+    path.write_text(json.dumps(exported, indent=2))
+    name = output.name
+    (output / "README.md").write_text(
+        f"---\nlibrary_name: timm\ntags:\n- image-feature-extraction\n- mfm\n- timm\n---\n\n# {name} (timm format)\n\n"
+        f"An MFM {type(model).__name__} exported by `python -m mfm_hub.timm_export` as timm's "
+        f"`{exported['architecture']}` with explicit arguments (see `config.json`).\n\n```python\nimport timm\n"
+        f"model = timm.create_model(\"hf-hub:<this repo>\", pretrained=True)          # or \"local-dir:<folder>\"\n"
+        f"features = timm.create_model(\"hf-hub:<this repo>\", pretrained=True, features_only=True)\n```\n")
+    if push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(push_to_hub, exist_ok=True)
+        api.upload_folder(repo_id=push_to_hub, folder_path=str(output), commit_message="Export MFM checkpoint for timm")
+    return output
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="an MFM checkpoint folder or Hub id")
+    parser.add_argument("--output", required=True, help="folder for the timm checkpoint")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO")
+    parser.add_argument("--license", default=None, help="licence recorded in pretrained_cfg (e.g. other for the official weights)")
+    parser.add_argument("--overwrite", action="store_true", help="write into an output folder that already holds files")
+    args = parser.parse_args(argv)
+    output = export_to_timm(args.model, args.output, args.push_to_hub, args.overwrite, args.license)
+    print(f"timm checkpoint in {output}: timm.create_model('local-dir:{output}', pretrained=True)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The official MFM model zoo: every checkpoint the authors released, in one registry, one
+call away as a Hugging Face model.
+
+    import mfm_hub
+    model = mfm_hub.zoo.load("mfm-vit-b16-pt300")            # downloads, converts, caches, loads
+    print(mfm_hub.zoo.table())                                   # the registry with reported top-1
+
+    python -m mfm_hub.zoo list
+    python -m mfm_hub.zoo fetch mfm-resnet50-pt300-ft300
+    python -m mfm_hub.zoo publish --org my-org                   # every entry as its own Hub repo
+
+A file is fetched once with `gdown` (Google Drive's large-file confirmation, progress bar,
+resumable partial files; a body shorter than announced is an error), read without running
+pickled code, converted by `convert_official` (every weight used with its shape) into
+``<HF_HOME>/mfm_hub/zoo/<name>`` and then loaded from there, offline. The download location
+is a URL template (``MFM_HUB_ZOO_URL``, e.g. ``http://mirror/{file_id}``) for mirrors and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Optional
+
+from huggingface_hub import EvalResult, ModelCard, constants
+
+from .convert_official import OFFICIAL_LICENSE, convert
+
+ZOO_URL_ENV = "MFM_HUB_ZOO_URL"
+DRIVE_URL = "https://drive.google.com/uc?id={file_id}"
+SOURCE_URL = "https://github.com/Jiahao000/MFM"
+METHOD_NAMES = {"mfm": "MFM", "sr": "SR", "deblur": "Deblur", "denoise": "Denoise"}
+BACKBONES = {"vit-b16": ("vit-base-patch16-224", "ViT-B/16"), "resnet50": ("resnet50", "ResNet-50")}
+_COMPLETE = ".complete"
+
+
+@dataclass(frozen=True)
+class OfficialCheckpoint:
+    """One released file. ``reported_top1`` is the authors' ImageNet-1k top-1 of the fine-tuned
+    model (for a pre-trained file: of the fine-tuning(s) that started from it)."""
+
+    method: str
+    backbone: str
+    pretrain_epochs: int
+    finetune_epochs: Optional[int]
+    reported_top1: tuple[tuple[int, float], ...]  # (fine-tune epochs, top-1 %)
+    file_id: str
+
+    @property
+    def name(self) -> str:
+        suffix = f"-ft{self.finetune_epochs}" if self.finetune_epochs else ""
+        return f"{self.method}-{self.backbone}-pt{self.pretrain_epochs}{suffix}"
+
+    @property
+    def arch(self) -> str:
+        return BACKBONES[self.backbone][0]
+
+    @property
+    def stage(self) -> str:
+        return "fine-tuned" if self.finetune_epochs else "pre-trained"
+
+    def url(self, url_template: Optional[str] = None) -> str:
+        return (url_template or os.environ.get(ZOO_URL_ENV) or DRIVE_URL).format(file_id=self.file_id)
+
+
+def _released() -> dict[str, OfficialCheckpoint]:
+    """The official README's table (9 rows, 17 files: the MFM ResNet-50 pre-trained file
+    serves both of its fine-tuning rows)."""
+    rows = [  # method, backbone, fine-tune epochs, top-1, pre-trained file id, fine-tuned file id
+        ("sr", "vit-b16", 100, 82.4, "1NvysdzymzbuIT5BlhczLy5qZJ7wL4dbO", "12a7w7t0weJO2wpuMYfFn0DTwYCk5DK1o"),
+        ("deblur", "vit-b16", 100, 81.7, "1dvKolr_Xgp-eNwlHmzl0aULofknnOshS", "1mK7ViXL_o3bRVHR21zvSFdkU-iuWBlmy"),
+        ("denoise", "vit-b16", 100, 82.7, "1gfyWJEeK-7iBI64YRGTE_Lna_gzTs8rG", "1CAv-a_75S-7p0jaiWUDv2ZSo1QYcVcSR"),
+        ("mfm", "vit-b16", 100, 83.1, "1qgMuODAxAapwXZXbH2Bgo5s5O_zc1bdl", "1uxYn_q3BA0J5XlUMSnf8c2uQfLA0bkJo"),
+        ("sr", "resnet50", 100, 77.9, "1_rpcvWJt3yHQYHdE3m5mCldUGH1S73EI", "1hIdAApYD7sVb-qf3WA_3KaJMCJKUk25T"),
+        ("deblur", "resnet50", 100, 78.0, "174Bcn-oPm6IB9h6RDB8Ujkr92tRC_vqK", "1ThCmH-Vmh9S6PBuXrv5XAMY04mpOAqJ1"),
+        ("denoise", "resnet50", 100, 77.5, "18MulyHunviyRrSIJFJhp8bfcamjr55-w", "18v7RrSsJp1lxXeKaZczuwUmm0OY59HJf"),
+        ("mfm", "resnet50", 100, 78.5, "1rWXMJryJ2tq44EYfkZ8GREQoYLf1up9e", "1qr_kMb7bDEP1hwYD-bJ5mG7Co7KYlQSq"),
+        ("mfm", "resnet50", 300, 80.1, "1rWXMJryJ2tq44EYfkZ8GREQoYLf1up9e", "1Uftl6c33gngKzWEj2c9ewmWGFBvGYgMo"),
+    ]
+    entries: dict[str, OfficialCheckpoint] = {}
+    for method, backbone, finetune_epochs, top1, pretrained_id, finetuned_id in rows:
+        finetuned = OfficialCheckpoint(method, backbone, 300, finetune_epochs, ((finetune_epochs, top1),), finetuned_id)
+        entries[finetuned.name] = finetuned
+        earlier = entries.get(f"{method}-{backbone}-pt300")
+        reported = (earlier.reported_top1 if earlier else ()) + ((finetune_epochs, top1),)
+        pretrained = OfficialCheckpoint(method, backbone, 300, None, reported, pretrained_id)
+        entries[pretrained.name] = pretrained
+    return dict(sorted(entries.items()))
+
+
+OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = _released()
+
+
+def get(name: str) -> OfficialCheckpoint:
+    if name not in OFFICIAL_CHECKPOINTS:
+        raise KeyError(f"No official checkpoint {name!r}. The zoo has: {', '.join(OFFICIAL_CHECKPOINTS)}.")
+    return OFFICIAL_CHECKPOINTS[name]
+
+
+def _reported(entry: OfficialCheckpoint) -> str:
+    return ", ".join(f"{top1} ({epochs}-ep fine-tune)" for epochs, top1 in entry.reported_top1)
+
+
+def table() -> str:
+    """The registry as a markdown table (name, method, backbone, stage, epochs, reported top-1)."""
+    lines = ["| name | method | backbone | weights | epochs (pre-train / fine-tune) | reported IN-1k top-1 |", "|---|---|---|---|---|---|"]
+    for entry in OFFICIAL_CHECKPOINTS.values():
+        epochs = f"{entry.pretrain_epochs} / {entry.finetune_epochs or '-'}"
+        lines.append(f"| `{entry.name}` | {METHOD_NAMES[entry.method]} | {BACKBONES[entry.backbone][1]} | {entry.stage} | {epochs} | {_reported(entry)} |")
+    return "\n".join(lines)
+
+
+def cache_dir() -> Path:
+    return Path(constants.HF_HOME) / "mfm_hub" / "zoo"
+
+
+def fetch(name: str, url_template: Optional[str] = None, cache: Optional[Path] = None, quiet: bool = False) -> Path:
+    """The converted checkpoint folder of zoo entry ``name``, downloading and converting it on
+    the first call. A later call returns the cached folder without touching the network.
+
+    The download goes to ``<cache>/downloads/<name>.pth``; an interrupted one leaves gdown's
+    partial file there and the next call resumes it. A file that is short, corrupt or does not
+    match the registered architecture raises `ValueError` naming it and is deleted; nothing
+    is cached for it."""
+    import gdown
+
+    entry = get(name)
+    cache = Path(cache) if cache is not None else cache_dir()
+    target = cache / name
+    if (target / _COMPLETE).exists():
+        return target
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    checkpoint = downloads / f"{name}.pth"
+    url = entry.url(url_template)
+    try:
+        gdown.download(url, output=str(checkpoint), quiet=quiet, resume=True)
+    except Exception as error:  # any transport failure: the partial file stays for the next call to resume
+        raise OSError(f"Downloading {name} from {url} failed ({type(error).__name__}: {error}); "
+                      f"call again to resume the partial download in {downloads}.") from error
+    staging = cache / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model = convert(checkpoint, entry.arch, staging, overwrite=True)
+    except (ValueError, KeyError) as error:
+        checkpoint.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"The download of {name} ({url}) is not a usable official checkpoint and was deleted: {error}") from error
+    write_zoo_card(staging, entry, model)
+    (staging / _COMPLETE).write_text(entry.file_id + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+    checkpoint.unlink()
+    return target
+
+
+def load(name: str, model_class=None, url_template: Optional[str] = None, **kwargs):
+    """``fetch`` + ``from_pretrained``: the converted model (``MFM*ForPreTraining`` for a
+    pre-trained file, ``MFM*ForImageClassification`` for a fine-tuned one), or ``model_class``
+    (e.g. `AutoModel` for the bare encoder, `AutoBackbone`)."""
+    from transformers import AutoConfig
+
+    folder = fetch(name, url_template=url_template)
+    if model_class is None:
+        model_class = getattr(import_module("mfm_hub"), AutoConfig.from_pretrained(folder).architectures[0])
+    return model_class.from_pretrained(folder, **kwargs)
+
+
+def write_zoo_card(folder: Path, entry: OfficialCheckpoint, model, repo_name: Optional[str] = None) -> Path:
+    """The converted-checkpoint card plus the authors' ImageNet-1k results in ``model-index``
+    (each metric labelled as reported by the authors, with the official repository as source)."""
+    from .model_card import write_model_card
+
+    path = write_model_card(folder, "converted_official.md", model, {
+        "source_checkpoint": f"{entry.name} (Google Drive file {entry.file_id})",
+        "license_note": OFFICIAL_LICENSE,
+        "arch": f"{METHOD_NAMES[entry.method]}, {BACKBONES[entry.backbone][1]}, {entry.stage}",
+    })
+    card = ModelCard.load(path)
+    card.text += (f"\n## Results reported by the authors\n\nImageNet-1k top-1 (official README, not re-measured here): "
+                  f"{_reported(entry)}. Zoo entry `{entry.name}`: `mfm_hub.zoo.load(\"{entry.name}\")`.\n")
+    card.data.model_name = repo_name or entry.name
+    card.data.license_link = f"{SOURCE_URL}/blob/master/LICENSE"
+    card.data.datasets = ["ILSVRC/imagenet-1k"]
+    card.data.eval_results = [
+        EvalResult(task_type="image-classification", dataset_type="ILSVRC/imagenet-1k", dataset_name="ImageNet-1k",
+                   dataset_split="validation", metric_type="accuracy", metric_value=top1,
+                   metric_name=f"Top-1 accuracy after {epochs}-epoch fine-tuning (reported by the authors)",
+                   source_name="MFM official README (reported, not re-measured)", source_url=SOURCE_URL)
+        for epochs, top1 in entry.reported_top1
+    ]
+    card.save(path)
+    return path
+
+
+def publish(organization: str, names: Optional[list[str]] = None, url_template: Optional[str] = None) -> list[str]:
+    """Push every (or each named) zoo entry to ``<organization>/<name>``; re-running uploads
+    only what changed (the Hub skips identical files)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    pushed = []
+    for name in names or list(OFFICIAL_CHECKPOINTS):
+        folder = fetch(name, url_template=url_template)
+        repo_id = f"{organization}/{name}"
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), ignore_patterns=[_COMPLETE],
+                          commit_message=f"Official MFM checkpoint {name}, converted by mfm_hub")
+        pushed.append(repo_id)
+    return pushed
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="print the registry")
+    fetch_parser = commands.add_parser("fetch", help="download + convert + cache entries, print their folders")
+    fetch_parser.add_argument("names", nargs="+")
+    publish_parser = commands.add_parser("publish", help="push entries to a Hub organisation, one repository each")
+    publish_parser.add_argument("--org", required=True)
+    publish_parser.add_argument("--names", nargs="*", default=None, help="default: every entry")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print(table())
+    elif args.command == "fetch":
+        for name in args.names:
+            print(fetch(name))
+    else:
+        for repo_id in publish(args.org, args.names):
+            print(f"pushed {repo_id}")
+
+
+if __name__ == "__main__":
+    main()

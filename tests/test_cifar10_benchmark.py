@@ -1,0 +1,66 @@
+"""The CIFAR-10 benchmark end to end in smoke mode: a few steps per method on a tiny image
+folder (Fashion-MNIST images in CIFAR-10's layout), then a re-run that must skip everything."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mfm_hub.data import load_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import cifar10_benchmark  # noqa: E402
+
+
+def tiny_cifar_layout(root: Path, per_class: dict[str, int]) -> Path:
+    """``root/{train,test}/<class>/<n>.png`` with ``per_class[split]`` images of each class."""
+    for split, count in per_class.items():
+        dataset = load_fashion_mnist(split)
+        names = dataset.features["label"].names
+        written = {name: 0 for name in names}
+        for example in dataset:
+            name = names[example["label"]]
+            if written[name] < count:
+                folder = root / split / name.replace("/", "-")
+                folder.mkdir(parents=True, exist_ok=True)
+                example["image"].save(folder / f"{written[name]}.png")
+                written[name] += 1
+            if all(n == count for n in written.values()):
+                break
+    return root
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_and_resume(tmp_path):
+    data = tiny_cifar_layout(tmp_path / "data", {"train": 12, "test": 20})
+    argv = ["--output_dir", str(tmp_path / "bench"), "--data_dir", str(data), "--methods", "scratch", "mfm", "folk",
+            "--seeds", "0", "1", "--pretrain_steps", "2", "--batch_size", "16", "--fine_tune_batch_size", "16",
+            "--fine_tune_epochs_1pct", "2", "--fine_tune_epochs_10pct", "1", "--episodes", "5", "--dataloader_num_workers", "0"]
+    results = cifar10_benchmark.main(argv)
+    for method in ("scratch", "mfm", "folk"):
+        for seed in (0, 1):
+            for protocol in cifar10_benchmark.PROTOCOLS:
+                value = results["runs"][f"{method}/seed{seed}/{protocol}"]
+                assert 0.0 <= value["top1"] <= 1.0
+        assert set(results["summary"][method]) == set(cifar10_benchmark.PROTOCOLS)
+    curve = results["runs"]["mfm/seed0/fine_tune_10pct"]["validation_curve"]
+    assert curve and all(0 <= point["top1"] <= 1 for point in curve)
+    bench = tmp_path / "bench"
+    assert (bench / "benchmark.png").stat().st_size > 0 and "| mfm |" in (bench / "table.md").read_text()
+    encoder = bench / "mfm-seed0" / "encoder"
+    assert (encoder / "loss_curve.png").exists() and (encoder / "reconstructions.png").exists()
+    card = (encoder / "README.md").read_text()
+    assert "Weighted kNN" in card and "Linear probe on frozen features" in card and "5-way 5-shot" in card
+
+    # a re-run finds everything done: nothing is trained again, results stay identical
+    before = json.loads((bench / "results.json").read_text())["runs"]
+    mtime = (encoder / "model.safetensors").stat().st_mtime_ns
+    again = cifar10_benchmark.main(argv)
+    assert again["runs"] == before
+    assert (encoder / "model.safetensors").stat().st_mtime_ns == mtime
+
+    # other settings in the same folder are refused, naming both
+    with pytest.raises(ValueError, match="other settings"):
+        cifar10_benchmark.main([*argv[:-2], "--dataloader_num_workers", "1"])

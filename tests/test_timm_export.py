@@ -1,0 +1,98 @@
+"""timm export: ``local-dir:`` and ``hf-hub:`` (loopback Hub) load every weight strictly, with
+the evaluation preprocessing in ``pretrained_cfg`` and features equal to ours."""
+
+import json
+
+import pytest
+import timm
+import torch
+from conftest import tiny_resnet_config, tiny_vit_config
+
+from mfm_hub import MFMResNetConfig, MFMResNetModel, MFMViTForImageClassification, MFMViTModel
+from mfm_hub.timm_export import export_to_timm
+
+TOLERANCE = 1e-5
+
+
+def load_local(folder, **kwargs):
+    return timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs).eval()
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_vit_encoder_loads_in_timm_with_equal_features(pooling, tmp_path):
+    ours = MFMViTModel(tiny_vit_config(pooling=pooling)).eval()
+    ours.save_pretrained(tmp_path / "hf")
+    export_to_timm(str(tmp_path / "hf"), tmp_path / "timm")
+    model = load_local(tmp_path / "timm")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = ours(x)
+        assert torch.allclose(model.forward_features(x), expected.last_hidden_state, atol=TOLERANCE)
+        assert torch.allclose(model(x), expected.pooler_output, atol=TOLERANCE)
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 32, 32) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 0.875
+    assert list(cfg["mean"]) == [0.485, 0.456, 0.406] and list(cfg["std"]) == [0.229, 0.224, 0.225] and cfg["tag"] == "mfm_hub"
+    assert not any("gamma" in name for name in model.state_dict())  # no LayerScale crept in
+    maps = load_local(tmp_path / "timm", features_only=True)(x)
+    assert [tuple(m.shape) for m in maps][-1] == (2, 48, 8, 8)
+
+
+def test_vit_classifier_gives_equal_logits_and_label_names(tmp_path):
+    config = tiny_vit_config(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2}, use_mean_pooling=True)
+    ours = MFMViTForImageClassification(config).eval()
+    export_to_timm(ours, tmp_path / "timm")
+    model = load_local(tmp_path / "timm")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ours(x).logits, atol=TOLERANCE)
+    assert model.pretrained_cfg["label_names"] == ["a", "b", "c"]
+
+
+def test_resnet_loads_in_timm_with_equal_features(tmp_path):
+    ours = MFMResNetModel(MFMResNetConfig(block_type="basic", layers=(2, 2, 2, 2), image_size=64)).eval()
+    export_to_timm(ours, tmp_path / "timm")
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert config["architecture"] == "resnet18"
+    model = load_local(tmp_path / "timm")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ours(x)
+        assert torch.allclose(model.forward_features(x), expected.last_hidden_state, atol=TOLERANCE)
+        assert torch.allclose(model(x), expected.pooler_output, atol=TOLERANCE)
+    maps = load_local(tmp_path / "timm", features_only=True)(x)
+    assert [m.shape[1] for m in maps] == [64, 64, 128, 256, 512]
+
+
+def test_unsupported_models_say_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match=r"No timm architecture has basic blocks with layers \[1, 1, 1, 1\].*resnet18 \(basic"):
+        export_to_timm(MFMResNetModel(tiny_resnet_config()), tmp_path / "a")
+    with pytest.raises(ValueError, match="LayerScale"):
+        export_to_timm(MFMViTModel(tiny_vit_config(layer_scale_init_value=0.1)), tmp_path / "b")
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+@pytest.mark.slow
+def test_hf_hub_round_trip_through_the_loopback_hub(tmp_path):
+    from hub_server import LocalHub
+    from test_hub import run_against_hub
+
+    MFMViTModel(tiny_vit_config()).save_pretrained(tmp_path / "hf")
+    hub = LocalHub().start()
+    code = f"""
+        import timm, torch
+        from mfm_hub import MFMViTModel
+        from mfm_hub.timm_export import export_to_timm
+        export_to_timm({str(tmp_path / "hf")!r}, {str(tmp_path / "timm")!r}, push_to_hub="tester/mfm-timm")
+        model = timm.create_model("hf-hub:tester/mfm-timm", pretrained=True).eval()
+        ours = MFMViTModel.from_pretrained({str(tmp_path / "hf")!r}).eval()
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            print("max difference", (model(x) - ours(x).pooler_output).abs().max().item())
+        print(len(timm.create_model("hf-hub:tester/mfm-timm", pretrained=True, features_only=True)(x)))
+    """
+    try:
+        out = run_against_hub(hub, code, tmp_path)
+    finally:
+        hub.stop()
+    difference = float(out.split("max difference")[1].split()[0])
+    assert difference < TOLERANCE and out.strip().endswith("3")

@@ -1,0 +1,188 @@
+"""The official model zoo end to end against a local HTTP server standing in for Google Drive:
+one call downloads, converts, caches and loads; the cache then works with the server gone; a
+cut-off download is never cached and resumes; a corrupt file is refused and deleted."""
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from test_convert_official import MEAN, STD, TOLERANCE, OfficialStyleMFM, random_masks, randomize_, save_like_the_release
+from timm.models.resnet import Bottleneck, ResNet
+
+from mfm_hub import MFMResNetForPreTraining, MFMResNetModel, zoo
+
+ENTRY = "mfm-resnet50-pt300"
+
+
+class FileServer:
+    """Serves ``files[file_id]`` at ``/<file_id>`` with HTTP Range support. ``cut_after``
+    bytes: announce the full length but close the connection early (an interrupted
+    download)."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.cut_after, self.requests = files, None, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                data = server.files.get(self.path.strip("/"))
+                server.requests.append((self.path, self.headers.get("Range")))
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                end = len(data) if server.cut_after is None else min(len(data), start + server.cut_after)
+                self.wfile.write(data[start:end])
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url_template(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/{{file_id}}"
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="module")
+def official_r50(tmp_path_factory):
+    """An official-format MFM ResNet-50 pre-training file (random weights) and its module."""
+    reference = OfficialStyleMFM(ResNet(block=Bottleneck, layers=[3, 4, 6, 3], num_classes=0), stride=32, features=2048)
+    randomize_(reference)
+    path = tmp_path_factory.mktemp("release") / "mfm_r50.pth"
+    save_like_the_release(reference.state_dict(), path)
+    return path.read_bytes(), reference.eval()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr(zoo.constants, "HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv(zoo.ZOO_URL_ENV, raising=False)
+    return tmp_path / "hf_home" / "mfm_hub" / "zoo"
+
+
+def test_one_call_downloads_converts_caches_and_loads_offline(official_r50, cache):
+    data, reference = official_r50
+    server = FileServer({zoo.get(ENTRY).file_id: data})
+    try:
+        model = zoo.load(ENTRY, url_template=server.url_template)
+    finally:
+        server.stop()
+    assert isinstance(model, MFMResNetForPreTraining)
+    assert (cache / ENTRY / "model.safetensors").exists() and not list((cache / "downloads").glob("*"))
+    card = (cache / ENTRY / "README.md").read_text()
+    assert "reported by the authors" in card and "78.5" in card and "80.1" in card and "S-Lab" in card
+
+    # the server is gone: the cache alone serves the second call, with the same weights
+    again = zoo.load(ENTRY, url_template=server.url_template)
+    encoder = zoo.load(ENTRY, model_class=MFMResNetModel, url_template=server.url_template)
+    assert isinstance(encoder, MFMResNetModel)
+    x, mask = torch.rand(2, 3, 64, 64), random_masks(2, 64)
+    with torch.no_grad():
+        _, ref_rec, ref_loss = reference(x, mask)
+        out = again.eval()(x, frequency_mask=mask)
+    assert torch.allclose(out.reconstruction, ref_rec, atol=TOLERANCE * ref_rec.abs().max())
+    assert abs(out.loss.item() - ref_loss.item()) < TOLERANCE * abs(ref_loss.item())
+    with torch.no_grad():
+        features = encoder((x - MEAN) / STD).last_hidden_state
+        ref_features = reference.encode((x - MEAN) / STD)
+    assert torch.allclose(features, ref_features, atol=TOLERANCE * ref_features.abs().max())
+
+
+def test_interrupted_download_is_not_cached_and_resumes(official_r50, cache):
+    data, _ = official_r50
+    server = FileServer({zoo.get(ENTRY).file_id: data})
+    server.cut_after = len(data) // 3
+    try:
+        with pytest.raises(OSError, match=f"Downloading {ENTRY} .* failed"):
+            zoo.fetch(ENTRY, url_template=server.url_template, quiet=True)
+        assert not (cache / ENTRY).exists()
+        partial = [p for p in (cache / "downloads").iterdir()]
+        assert partial and all(p.stat().st_size < len(data) for p in partial)
+        server.cut_after = None
+        folder = zoo.fetch(ENTRY, url_template=server.url_template, quiet=True)
+    finally:
+        server.stop()
+    assert server.requests[-1][1] is not None and server.requests[-1][1].startswith("bytes=")  # resumed with a Range request
+    assert isinstance(MFMResNetForPreTraining.from_pretrained(folder), MFMResNetForPreTraining)
+
+
+def test_corrupt_download_is_refused_named_and_deleted(official_r50, cache):
+    data, _ = official_r50
+    corrupt = data[: len(data) // 2]  # complete as served, but a truncated zip
+    server = FileServer({zoo.get(ENTRY).file_id: corrupt})
+    try:
+        with pytest.raises(ValueError, match=f"download of {ENTRY} .* not a usable official checkpoint and was deleted"):
+            zoo.fetch(ENTRY, url_template=server.url_template, quiet=True)
+    finally:
+        server.stop()
+    assert not (cache / ENTRY).exists() and not list((cache / "downloads").glob("*.pth"))
+
+
+def test_unknown_name_lists_the_zoo():
+    with pytest.raises(KeyError, match="mfm-vit-b16-pt300-ft100"):
+        zoo.get("mfm-vit-huge")
+
+
+def test_registry_has_every_released_file():
+    entries = zoo.OFFICIAL_CHECKPOINTS.values()
+    assert len(zoo.OFFICIAL_CHECKPOINTS) == 17 and len({e.file_id for e in entries}) == 17
+    assert sum(e.stage == "pre-trained" for e in entries) == 8
+    assert zoo.get("mfm-resnet50-pt300").reported_top1 == ((100, 78.5), (300, 80.1))
+    assert zoo.get("mfm-vit-b16-pt300-ft100").reported_top1 == ((100, 83.1),)
+    table = zoo.table()
+    assert all(f"`{name}`" in table for name in zoo.OFFICIAL_CHECKPOINTS)
+
+
+@pytest.mark.slow
+def test_publish_pushes_each_entry_and_reruns_cleanly(official_r50, tmp_path):
+    from hub_server import LocalHub
+    from test_hub import run_against_hub
+
+    data, _ = official_r50
+    server, hub = FileServer({zoo.get(ENTRY).file_id: data}), LocalHub().start()
+    code = f"""
+        import os
+        from mfm_hub import zoo
+        os.environ[zoo.ZOO_URL_ENV] = {server.url_template!r}
+        print(zoo.publish("mfm-official", [{ENTRY!r}]))
+        print(zoo.publish("mfm-official", [{ENTRY!r}]))  # again: same repository, nothing downloaded twice
+        import mfm_hub
+        from transformers import AutoImageProcessor, AutoModel
+        model = AutoModel.from_pretrained("mfm-official/{ENTRY}")
+        processor = AutoImageProcessor.from_pretrained("mfm-official/{ENTRY}")
+        print(type(model).__name__, type(processor).__name__)
+    """
+    try:
+        out = run_against_hub(hub, code, tmp_path)
+    finally:
+        server.stop()
+        hub.stop()
+    assert out.count(f"['mfm-official/{ENTRY}']") == 2 and "MFMResNetModel" in out
+    assert len([r for r in server.requests if r[1] is None]) == 1
+    files = hub.repos[f"mfm-official/{ENTRY}"]["files"]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(files) and ".complete" not in files
+    card = files["README.md"].decode()
+    assert "license_name: s-lab-license-1.0" in card and "reported by the authors" in card and "xie2023masked" in card
+    assert "auto_map" in files["config.json"].decode()
+
+
+def test_readme_lists_the_whole_zoo_and_the_command_prints_it(capsys):
+    from pathlib import Path
+
+    assert zoo.table() in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    zoo.main(["list"])
+    assert capsys.readouterr().out.strip() == zoo.table()
