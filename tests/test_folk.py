@@ -236,7 +236,7 @@ def test_folk_run_exports_a_backbone_and_its_loss_falls(fashion_folder, tiny_con
     figure_terms = ("teacher_entropy", "teacher_marginal_kl")
     assert all(term in e for e in history for term in figure_terms)
     card = (output / "README.md").read_text()
-    assert "FOLK pre-training" in card and "teacher encoder" in card
+    assert "pre-trained with FOLK" in card and "teacher encoder" in card
     assert (output / "reconstructions.png").exists()
 
 

@@ -52,7 +52,7 @@ def test_push_and_load_back(local_hub, tmp_path):
         assert torch.equal(loaded(x).last_hidden_state, model.base_model(x).last_hidden_state)
         assert type(AutoBackbone.from_pretrained("org/mfm-tiny")).__name__ == "MFMViTBackbone"
         assert type(AutoModelForImageClassification.from_pretrained("org/mfm-tiny", num_labels=3)).__name__ == "MFMViTForImageClassification"
-        assert AutoImageProcessor.from_pretrained("org/mfm-tiny").size == {"height": 32, "width": 32}
+        assert AutoImageProcessor.from_pretrained("org/mfm-tiny").crop_size == {"height": 32, "width": 32}
         torch.save(model.base_model(x).last_hidden_state, "reference.pt")
         torch.save(x, "inputs.pt")
         print("pushed-and-loaded")
