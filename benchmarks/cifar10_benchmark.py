@@ -108,7 +108,7 @@ class Results:
 def pretraining_arguments(method: str, seed: int, steps: int, args, train_dir: Path, output: Path) -> list[str]:
     save_every = max(1, steps // 4)
     folk = ["--folk_head_output_dim", "1024", "--folk_ema_momentum", str(args.folk_ema_momentum)] if method == "folk" else []
-    return ["--model", str(Path(args.output_dir) / "encoder_config.json"), "--method", method, "--train_dir", str(train_dir),
+    return ["--model", str(Path(args.output_dir) / "encoder_config.json"), *run_pretraining.method_flags(method), "--train_dir", str(train_dir),
             "--output_dir", str(output), "--max_steps", str(steps), "--seed", str(seed),
             "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.pretrain_learning_rate),
             "--warmup_steps", "0.05", "--save_strategy", "steps", "--save_steps", str(save_every), "--save_total_limit", "1",

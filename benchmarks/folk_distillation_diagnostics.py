@@ -8,7 +8,7 @@
    prototypes.
 2. The EMA schedule: how much of the teacher is still its random initialisation after a run
    of ``--max_steps`` optimizer steps, ``prod_k m_k``, for several starting momenta.
-3. Short FOLK runs (`run_pretraining.py --method folk`) of each variant in ``--variants``,
+3. Short FOLK runs (`run_pretraining.py --objective folk`) of each variant in ``--variants``,
    logging the distillation loss, the teacher's mean target entropy and the KL of its mean
    target to uniform; prints a table and draws ``folk_diagnostics.png``.
 Every run is kept in its own folder under ``--output_dir``; a variant whose folder already
@@ -109,7 +109,7 @@ def run_variant(name: str, extra: list[str], args) -> list[dict]:
     results = output / "train_results.json"
     if not results.exists():
         run_pretraining.main([
-            "--method", "folk", "--model", args.model, "--train_dir", args.train_dir, "--output_dir", str(output),
+            "--objective", "folk", "--model", args.model, "--train_dir", args.train_dir, "--output_dir", str(output),
             "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
             "--warmup_steps", str(args.max_steps // 10), "--logging_steps", "10", "--save_strategy", "no", "--seed", str(args.seed),
             "--dataloader_num_workers", "1", "--report_to", "none", *extra])

@@ -49,7 +49,7 @@ def run(method: str, seed: int, args, out: Path) -> dict:
         MFMViTModel(MFMViTConfig(**SMALL_VIT)).save_pretrained(encoder)
     else:
         config = out / "config.json"
-        run_pretraining.main(["--model", str(config), "--method", method, "--output_dir", str(encoder), "--max_steps", str(args.pretrain_steps),
+        run_pretraining.main(["--model", str(config), *run_pretraining.method_flags(method), "--output_dir", str(encoder), "--max_steps", str(args.pretrain_steps),
                               "--per_device_train_batch_size", "64", "--learning_rate", "1.5e-3", "--warmup_steps", "0.1",
                               "--save_strategy", "no", "--logging_steps", "25", "--num_figure_images", "4",
                               "--folk_head_output_dim", "1024", "--folk_ema_momentum", "0.95", *common])

@@ -89,9 +89,9 @@ def benchmark(name, dtype_name, batch_size, device, steps, compile_model, object
 
     def masking_and_loss():
         images = pixels.flatten(0, 1) if is_folk else pixels
-        corrupted, mask = corrupt(images, config)
+        corruption = corrupt(images, config)
         target = normalize(images, config)
-        reconstruction_loss(normalize(corrupted, config), target, mask, config)
+        reconstruction_loss(normalize(corruption.pixel_values, config), target, corruption.frequency_mask, config)
 
     for _ in range(2):
         step()  # warm-up (and compilation)

@@ -8,7 +8,8 @@ from transformers.backbone_utils import BackboneConfigMixin
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-CORRUPTIONS = ("mfm", "informed", "sr", "deblur", "denoise")
+from .pretext import PRETEXT_TASKS, get_pretext_task
+
 RECONSTRUCTION_TARGETS = ("masked", "all")
 
 
@@ -25,9 +26,10 @@ class MFMConfigBase(PreTrainedConfig):
     num_channels (`int`): input channels (3).
     image_mean, image_std (`tuple[float]`): normalisation applied *after* corruption
         (ImageNet statistics, as in the papers).
-    corruption (`str`): what the pre-training model does to its input:
+    corruption (`str`): the pretext task (`mfm_hub.pretext`) applied to the input:
         ``"mfm"`` (circle low/high-pass, the MFM paper), ``"informed"`` (FOLK's Com/RCom
-        filters), ``"sr"``, ``"deblur"`` or ``"denoise"`` (the paper's baselines).
+        filters), ``"sr"``, ``"deblur"`` or ``"denoise"`` (the paper's baselines), or a
+        registered task.
     mask_radius, mask_radius_outer (`float`): the MFM circle in spectrum pixels of a 224-px
         image (16 and 999 officially); scaled with the image side, see
         `mfm_hub.frequency.circle_mask`.
@@ -108,32 +110,18 @@ class MFMConfigBase(PreTrainedConfig):
             f"`image_mean`/`image_std` need {self.num_channels} values, got {list(self.image_mean)} / {list(self.image_std)}.",
         )
         _check(all(s > 0 for s in self.image_std), f"`image_std` must be positive, got {list(self.image_std)}.")
-        _check(self.corruption in CORRUPTIONS, f"`corruption` must be one of {CORRUPTIONS}, got {self.corruption!r}.")
-        _check(self.mask_radius > 0, f"`mask_radius` must be > 0, got {self.mask_radius!r}.")
-        _check(self.mask_radius_outer > self.mask_radius, f"`mask_radius_outer` must exceed `mask_radius`, got {self.mask_radius_outer!r} <= {self.mask_radius!r}.")
-        for name in ("low_pass_prob", "compress_prob"):
-            value = getattr(self, name)
-            _check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, f"`{name}` must be a probability in [0, 1], got {value!r}.")
-        _check(
-            len(self.informed_keep_ratios) > 0 and all(0.0 < q < 1.0 for q in self.informed_keep_ratios),
-            f"`informed_keep_ratios` must be fractions in (0, 1), got {list(self.informed_keep_ratios)!r}.",
-        )
+        _check(self.corruption in PRETEXT_TASKS, f"`corruption` must be one of {tuple(PRETEXT_TASKS)}, got {self.corruption!r}.")
+        for task in PRETEXT_TASKS.values():  # every task's parameters, so switching `corruption` later stays valid
+            task.check(self)
         _check(
             self.reconstruction_target in (None, *RECONSTRUCTION_TARGETS),
             f"`reconstruction_target` must be one of {RECONSTRUCTION_TARGETS} (or None for the corruption's default), "
             f"got {self.reconstruction_target!r}.",
         )
         _check(
-            self.reconstruction_target != "masked" or self.corruption in ("mfm", "informed"),
+            self.reconstruction_target != "masked" or get_pretext_task(self.corruption).frequency_mask,
             f"`reconstruction_target='masked'` needs a frequency-mask corruption, not {self.corruption!r}.",
         )
-        _check(isinstance(self.sr_factor, int) and self.sr_factor >= 2, f"`sr_factor` must be an int >= 2, got {self.sr_factor!r}.")
-        _check(self.blur_sigma > 0, f"`blur_sigma` must be > 0, got {self.blur_sigma!r}.")
-        _check(
-            len(self.blur_kernel_sizes) > 0 and all(k % 2 == 1 and k > 0 for k in self.blur_kernel_sizes),
-            f"`blur_kernel_sizes` must be odd positive ints, got {list(self.blur_kernel_sizes)!r}.",
-        )
-        _check(self.noise_sigma > 0, f"`noise_sigma` must be > 0, got {self.noise_sigma!r}.")
         _check(self.loss_gamma > 0, f"`loss_gamma` must be > 0, got {self.loss_gamma!r}.")
         for name in ("folk_head_hidden_dim", "folk_head_bottleneck_dim", "folk_head_output_dim"):
             _check(getattr(self, name) >= 1, f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
@@ -154,7 +142,7 @@ class MFMConfigBase(PreTrainedConfig):
         """The reconstruction target in force: ``reconstruction_target``, or by default
         ``"masked"`` for frequency masks and ``"all"`` for the SR/deblur/denoise baselines
         (derived, not stored, so it follows a later change of ``corruption``)."""
-        return self.reconstruction_target or ("masked" if self.corruption in ("mfm", "informed") else "all")
+        return self.reconstruction_target or get_pretext_task(self.corruption).default_loss_target
 
 
 class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):

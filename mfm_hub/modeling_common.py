@@ -16,17 +16,9 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_mfm import AUTO_MAP
-from .frequency import (
-    add_gaussian_noise,
-    apply_frequency_mask,
-    downsample_upsample,
-    frequency_distance,
-    gaussian_blur,
-    informed_masks,
-    masked_frequency_loss,
-    sample_circle_masks,
-)
+from .frequency import apply_frequency_mask, frequency_distance, masked_frequency_loss
 from .image_processing import image_processor_for_config
+from .pretext import Corruption, get_pretext_task
 
 #: Tolerance on the [0, 1] range check of pre-training inputs (resampling overshoot).
 UNIT_RANGE_TOLERANCE = 1e-3
@@ -53,6 +45,18 @@ class MFMPreTrainingOutput(ModelOutput):
     frequency_mask: Optional[torch.FloatTensor] = None
     corrupted_pixel_values: Optional[torch.FloatTensor] = None
     hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
+
+
+@dataclass
+class Reconstruction:
+    """What `MFMForPreTrainingMixin.reconstruct` computes: the frequency ``loss`` (scalar), the
+    ``reconstruction`` ``(B, C, H, W)`` of the normalised original, the `Corruption` the
+    encoder saw, and the encoder's own outputs (for heads that read them, as FOLK's)."""
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    corruption: Corruption
+    encoder_outputs: ModelOutput
 
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: int, what: str) -> None:
@@ -105,35 +109,25 @@ def corrupt(
     config,
     generator: Optional[torch.Generator] = None,
     frequency_mask: Optional[torch.Tensor] = None,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Apply ``config.corruption`` to a batch in [0, 1]; returns ``(corrupted, frequency_mask)``.
+) -> Corruption:
+    """Apply the pretext task ``config.corruption`` (`mfm_hub.pretext`) to a batch in [0, 1].
 
-    A given ``frequency_mask`` ``(B, 1, H, W)`` replaces the sampled one (for reproducing a
-    run or comparing implementations).
+    For frequency-mask tasks a given ``frequency_mask`` ``(B, 1, H, W)`` replaces the sampled
+    one (for reproducing a run or comparing implementations).
     """
+    task = get_pretext_task(config.corruption)
     batch, _, height, width = pixel_values.shape
-    kind = config.corruption
-    if kind in ("mfm", "informed"):
-        if frequency_mask is None:
-            if kind == "mfm":
-                frequency_mask = sample_circle_masks(
-                    batch, height, width, config.mask_radius, config.mask_radius_outer, config.low_pass_prob,
-                    generator=generator, device=pixel_values.device,
-                )
-            else:
-                frequency_mask, _ = informed_masks(pixel_values, config.informed_keep_ratios, config.compress_prob, generator)
-        elif frequency_mask.shape != (batch, 1, height, width):
-            raise ValueError(f"`frequency_mask` must have shape {(batch, 1, height, width)}, got {tuple(frequency_mask.shape)}.")
-        elif not ((frequency_mask >= 0) & (frequency_mask <= 1)).all():  # also false for NaN
-            raise ValueError("`frequency_mask` values must lie in [0, 1] (1 = frequency kept).")
-        return apply_frequency_mask(pixel_values, frequency_mask), frequency_mask
-    if frequency_mask is not None:
-        raise ValueError(f"`frequency_mask` only applies to frequency-mask corruptions, not {kind!r}.")
-    if kind == "sr":
-        return downsample_upsample(pixel_values, config.sr_factor), None
-    if kind == "deblur":
-        return gaussian_blur(pixel_values, config.blur_sigma, config.blur_kernel_sizes, generator), None
-    return add_gaussian_noise(pixel_values, config.noise_sigma, generator), None
+    if not task.frequency_mask:
+        if frequency_mask is not None:
+            raise ValueError(f"`frequency_mask` only applies to frequency-mask corruptions, not {task.name!r}.")
+        return task.corrupt(pixel_values, config, generator)
+    if frequency_mask is None:
+        frequency_mask = task.sample_mask(pixel_values, config, generator)
+    elif frequency_mask.shape != (batch, 1, height, width):
+        raise ValueError(f"`frequency_mask` must have shape {(batch, 1, height, width)}, got {tuple(frequency_mask.shape)}.")
+    elif not ((frequency_mask >= 0) & (frequency_mask <= 1)).all():  # also false for NaN
+        raise ValueError("`frequency_mask` values must lie in [0, 1] (1 = frequency kept).")
+    return Corruption(apply_frequency_mask(pixel_values, frequency_mask), frequency_mask)
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, frequency_mask, config) -> torch.Tensor:
@@ -247,28 +241,25 @@ class MFMForPreTrainingMixin:
             use this mask (shifted coordinates, 1 = kept) instead of sampling one.
         generator (`torch.Generator`, *optional*): seeds the sampled corruption.
         """
-        loss, reconstruction, frequency_mask, corrupted, encoded = self.reconstruct(
-            pixel_values, frequency_mask, generator, output_hidden_states
-        )
+        result = self.reconstruct(pixel_values, frequency_mask, generator, output_hidden_states)
         output = MFMPreTrainingOutput(
-            loss=loss,
-            reconstruction=reconstruction,
-            frequency_mask=frequency_mask,
-            corrupted_pixel_values=corrupted,
-            hidden_states=encoded.hidden_states,
+            loss=result.loss,
+            reconstruction=result.reconstruction,
+            frequency_mask=result.corruption.frequency_mask,
+            corrupted_pixel_values=result.corruption.pixel_values,
+            hidden_states=result.encoder_outputs.hidden_states,
         )
         return output if return_dict is not False else output.to_tuple()
 
-    def reconstruct(self, pixel_values, frequency_mask=None, generator=None, output_hidden_states=None):
-        """Check, corrupt, encode and reconstruct ``(B, C, H, W)`` images in [0, 1]; returns
-        ``(loss, reconstruction, frequency_mask, corrupted, encoder outputs)``."""
+    def reconstruct(self, pixel_values, frequency_mask=None, generator=None, output_hidden_states=None) -> Reconstruction:
+        """Check, corrupt, encode and reconstruct ``(B, C, H, W)`` images in [0, 1]."""
         check_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride")
         check_unit_range(pixel_values)
-        corrupted, frequency_mask = corrupt(pixel_values, self.config, generator, frequency_mask)
-        features, encoded = self.encode_feature_map(normalize(corrupted, self.config), output_hidden_states)
+        corruption = corrupt(pixel_values, self.config, generator, frequency_mask)
+        features, encoded = self.encode_feature_map(normalize(corruption.pixel_values, self.config), output_hidden_states)
         reconstruction = self.decoder(features)
-        loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), frequency_mask, self.config)
-        return loss, reconstruction, frequency_mask, corrupted, encoded
+        loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), corruption.frequency_mask, self.config)
+        return Reconstruction(loss, reconstruction, corruption, encoded)
 
 
 class MFMForImageClassificationMixin:

@@ -224,8 +224,8 @@ class FOLKForPreTrainingMixin:
             raise ValueError(f"FOLK takes two views per image, pixel_values of shape (batch, 2, C, H, W); got {tuple(pixel_values.shape)}.")
         config = self.config
         views = pixel_values.transpose(0, 1).reshape(-1, *pixel_values.shape[2:])  # (2B, C, H, W): all u, then all v
-        rec_loss, reconstruction, frequency_mask, corrupted, student = self.reconstruct(views, frequency_mask, generator)
-        student_logits = self.student_head(self.head_features(student))
+        student = self.reconstruct(views, frequency_mask, generator)
+        student_logits = self.student_head(self.head_features(student.encoder_outputs))
         with torch.no_grad():
             teacher_logits = self.teacher_head(self.head_features(self.teacher(normalize(views, config)))).float()
             teacher_probs = F.softmax((teacher_logits - self.center) / self.teacher_temperature, dim=-1)
@@ -233,16 +233,16 @@ class FOLKForPreTrainingMixin:
             if self.training:
                 self._update_center(teacher_logits)
         dist_loss = cross_view_distillation_loss(student_logits, teacher_probs, config.folk_student_temperature)
-        loss = config.folk_reconstruction_weight * rec_loss + config.folk_distillation_weight * dist_loss
+        loss = config.folk_reconstruction_weight * student.loss + config.folk_distillation_weight * dist_loss
         output = FOLKPreTrainingOutput(
             loss=loss,
-            reconstruction_loss=rec_loss.detach(),
+            reconstruction_loss=student.loss.detach(),
             distillation_loss=dist_loss.detach(),
             teacher_entropy=teacher_entropy,
             teacher_marginal_kl=teacher_marginal_kl,
-            reconstruction=reconstruction,
-            frequency_mask=frequency_mask,
-            corrupted_pixel_values=corrupted,
+            reconstruction=student.reconstruction,
+            frequency_mask=student.corruption.frequency_mask,
+            corrupted_pixel_values=student.corruption.pixel_values,
         )
         return output if return_dict is not False else output.to_tuple()
 

@@ -211,7 +211,7 @@ def test_bad_folk_config_values():
         tiny_vit_config(folk_freeze_prototypes_ratio=1.2)
 
 
-FOLK_ARGS = ["--method", "folk", "--folk_head_output_dim", "64"]
+FOLK_ARGS = ["--objective", "folk", "--folk_head_output_dim", "64"]
 
 
 @needs_data

@@ -127,8 +127,8 @@ def test_posterize_fix_is_installed_and_keeps_the_meaning_of_the_op():
 
 @pytest.mark.parametrize("method", list(run_pretraining.METHODS))
 def test_pretraining_pipeline_soak(method, image_folder):
-    model_args = run_pretraining.ModelArguments(model="vit-tiny-patch4-32", method=method)
-    config = resolve_config(model_args.model, corruption="informed" if method == "folk" else method)
+    model_args = run_pretraining.ModelArguments(model="vit-tiny-patch4-32", **(dict(objective="folk") if method == "folk" else dict(method=method)))
+    config = resolve_config(model_args.model, corruption=model_args.method)
     data_args = run_pretraining.DataArguments(train_dir=str(image_folder), min_crop_scale=0.01)
     images, _, _ = run_pretraining.build_dataset(data_args, IMAGE_SIZE, seed=7, two_views=method == "folk")
     generator = torch.Generator().manual_seed(0)
@@ -143,7 +143,7 @@ def test_pretraining_pipeline_soak(method, image_folder):
             views = pixels.flatten(0, 1) if method == "folk" else pixels
             assert views.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE) and views.dtype == torch.float32
             assert views.min() >= 0 and views.max() <= 1
-            corrupted, _ = corrupt(views, config, generator)
+            corrupted = corrupt(views, config, generator).pixel_values
             assert torch.isfinite(corrupted).all()
             drawn += len(views)
         epoch += 1

@@ -54,29 +54,36 @@ from mfm_hub.arguments import (
 )
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
+from mfm_hub.pretext import PRETEXT_TASKS, get_pretext_task
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
 from mfm_hub.visualization import logged_losses, plot_loss_curve, reconstruction_grid
 
 logger = logging.getLogger("run_pretraining")
 
-METHODS = {
-    "mfm": ("MFM", "masked frequency modeling: each image is low- or high-pass filtered with a circle mask in its "
-                   "2-D spectrum and the model predicts the removed frequencies (frequency loss on them only)"),
-    "informed": ("MFM with informed masks", "FOLK's Com/RCom filters (keep or remove the highest-magnitude "
-                                            "frequencies of each image) with the MFM reconstruction loss"),
-    "sr": ("SR", "super-resolution: bicubic down x8 and up, the model restores the image (loss on all frequencies)"),
-    "deblur": ("Deblur", "deblurring: Gaussian blur (sigma 5, kernel 7-21), the model restores the image"),
-    "denoise": ("Denoise", "denoising: Gaussian noise (sigma 75/255), the model restores the image"),
-    "folk": ("FOLK", "FOLK: informed Com/RCom frequency masks on two augmented views; the student reconstructs the "
-                     "removed frequencies and matches an EMA teacher's output on the other, unfiltered view"),
+OBJECTIVES = {
+    "reconstruction": "the model restores the corrupted image (frequency loss)",
+    "folk": "FOLK: two augmented views; the student reconstructs the removed frequencies and matches an EMA teacher's "
+            "output on the other, unfiltered view",
 }
+#: What the benchmarks call a method: a pretext task, or "folk" (the FOLK objective with its default task).
+METHODS = [*PRETEXT_TASKS, "folk"]
+
+
+def method_flags(method: str) -> list[str]:
+    """The command-line flags of a benchmark method."""
+    return ["--objective", "folk"] if method == "folk" else ["--method", method]
+
+
 FOLK_MODELS = {"mfm_vit": mfm_hub.FOLKViTForPreTraining, "mfm_resnet": mfm_hub.FOLKResNetForPreTraining}
 
 
 @dataclass
 class ModelArguments:
     model: str = field(default="vit-tiny-patch4-32", metadata={"help": f"a preset ({', '.join(sorted(PRESETS))}), a config.json, or a checkpoint folder to continue from"})
-    method: str = field(default="mfm", metadata={"help": f"pre-training objective: {', '.join(METHODS)}"})
+    method: Optional[str] = field(default=None, metadata={"help": f"pretext task: {', '.join(PRETEXT_TASKS)} (default: mfm; "
+                                                                "informed with --objective folk)"})
+    objective: str = field(default="reconstruction", metadata={"help": f"{' | '.join(OBJECTIVES)}: restore the image, or FOLK's "
+                                                                        "reconstruction + self-distillation"})
     image_size: Optional[int] = field(default=None, metadata={"help": "training crop size (default: the model's)"})
     mask_radius: Optional[float] = field(default=None, metadata={"help": "MFM circle radius in spectrum pixels of a 224-px image (16)"})
     low_pass_prob: Optional[float] = field(default=None, metadata={"help": "probability of a low-pass mask (0.5 ViT, 0.3 ResNet)"})
@@ -99,6 +106,15 @@ class ModelArguments:
     folk_head_pooling: Optional[str] = field(default=None, metadata={"help": "FOLK ViT: heads read the 'mean' patch token (default) or 'cls'"})
     folk_center_momentum: Optional[float] = field(default=None, metadata={"help": "FOLK: momentum of the teacher-output centre (0.9)"})
     folk_export: Optional[str] = field(default=None, metadata={"help": "FOLK: export the 'teacher' (default) or 'student' encoder"})
+
+    def __post_init__(self):
+        require(self.objective in OBJECTIVES, "--objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
+        if self.method == "folk":
+            raise ValueError("'folk' is an objective, not a pretext task: use --objective folk (FOLK's own Com/RCom filters, "
+                             "--method informed, are its default task).")
+        if self.method is None:
+            self.method = "informed" if self.objective == "folk" else "mfm"
+        require(self.method in PRETEXT_TASKS, "--method", self.method, f"a pretext task: {', '.join(PRETEXT_TASKS)}")
 
 
 @dataclass
@@ -279,11 +295,7 @@ def build_model(model_args: ModelArguments):
                 "folk_center_momentum", "folk_head_pooling")},
         }.items() if value is not None
     }
-    if model_args.method not in METHODS:
-        raise ValueError(f"--method must be one of {list(METHODS)}, got {model_args.method!r}.")
-    is_folk = model_args.method == "folk"
-    if is_folk:
-        overrides["corruption"] = "informed"
+    is_folk = model_args.objective == "folk"
     source = Path(model_args.model)
     if model_args.model not in PRESETS and not (source.is_dir() or (source.suffix == ".json" and source.is_file())):
         raise ValueError(f"--model {model_args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config.json nor a checkpoint folder.")
@@ -396,16 +408,17 @@ def export(trainer, model_args, data_args, args, train_images, dataset, column, 
     """Save the backbone, processor, figures and model card into ``args.output_dir``."""
     model = trainer.model
     config = model.config
-    method = model_args.method
-    is_folk = method == "folk"
+    task = get_pretext_task(config.corruption)
+    is_folk = model_args.objective == "folk"
+    title = f"FOLK ({task.title})" if is_folk else task.title
     output = Path(args.output_dir)
     backbone = model.exported_backbone() if is_folk else model.base_model
     backbone.save_pretrained(output)
-    plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", title=f"{METHODS[method][0]} pre-training",
+    plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", title=f"{title} pre-training",
                     num_prototypes=config.folk_head_output_dim if is_folk else None)
     pixels = figure_batch(train_images, dataset, column, config, data_args.num_figure_images // (2 if is_folk else 1), is_folk)
     reconstruction_grid(model, pixels, output / "reconstructions.png", generator=torch.Generator(model.device).manual_seed(args.seed),
-                        title=f"{METHODS[method][0]} pre-training")
+                        title=f"{title} pre-training")
     losses = [loss for _, loss in logged_losses(trainer.state.log_history)]
     data = mfm_data.dataset_reference(data_args.dataset_name, data_args.train_dir)
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
@@ -422,8 +435,9 @@ def export(trainer, model_args, data_args, args, train_images, dataset, column, 
         "dataset_name": data.name,
         "num_images": str(len(dataset)) if hasattr(dataset, "__len__") else "streamed",
         "image_size": str(config.image_size),
-        "method_name": METHODS[method][0],
-        "method_description": METHODS[method][1] + (f"; this is the {config.folk_export} encoder" if is_folk else ""),
+        "method_name": title,
+        "method_description": (f"{OBJECTIVES['folk']}, with {task.description}; this is the {config.folk_export} encoder" if is_folk
+                               else task.description),
         "recipe": recipe,
         "hardware": describe_hardware(args),
         "wall_time": f"{wall_time / 60:.1f} min",
@@ -467,7 +481,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     set_seed(args.seed)
 
     model = build_model(model_args)
-    is_folk = model_args.method == "folk"
+    is_folk = model_args.objective == "folk"
     train_images, raw_dataset, column = build_dataset(data_args, model.config.image_size, args.seed, two_views=is_folk)
     sigterm = SaveOnSigterm()
     trainer = MFMPretrainingTrainer(
