@@ -54,8 +54,8 @@ from mfm_hub.arguments import (
 )
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
-from mfm_hub.pretext import PRETEXT_TASKS, get_pretext_task
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
+from mfm_hub.pretext import PRETEXT_TASKS, get_pretext_task
 from mfm_hub.visualization import logged_losses, plot_loss_curve, reconstruction_grid
 
 logger = logging.getLogger("run_pretraining")
