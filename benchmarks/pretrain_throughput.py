@@ -28,10 +28,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForPreTraining
 
-from mfm_hub import FOLKResNetForPreTraining, FOLKViTForPreTraining, config_from_preset
+from mfm_hub import config_from_preset, family_of
 from mfm_hub.modeling_common import corrupt, normalize, reconstruction_loss
-
-FOLK_MODELS = {"mfm_vit": FOLKViTForPreTraining, "mfm_resnet": FOLKResNetForPreTraining}
 
 DEFAULT_MODELS = ["vit-small-patch16-224", "resnet50", "vit-tiny-patch4-32"]
 
@@ -69,7 +67,7 @@ def peak_memory_mb(device):
 def benchmark(name, dtype_name, batch_size, device, steps, compile_model, objective="mfm"):
     is_folk = objective == "folk"
     config = config_from_preset(name, **({"corruption": "informed"} if is_folk else {}))
-    model = (FOLK_MODELS[config.model_type](config) if is_folk else AutoModelForPreTraining.from_config(config)).to(device).train()
+    model = (family_of(config).folk(config) if is_folk else AutoModelForPreTraining.from_config(config)).to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype_name]

@@ -4,21 +4,14 @@ Importing the package registers every config and model with transformers' Auto c
 makes timm's RandAugment work with the installed Pillow (`mfm_hub.timm_compat`).
 """
 
-from transformers import (
-    AutoBackbone,
-    AutoConfig,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForPreTraining,
-)
-
-from . import frequency, timm_compat, zoo
+from . import frequency, pretext, timm_compat, zoo
 from .configuration_mfm import (
     PRESETS,
     MFMResNetConfig,
     MFMViTConfig,
     config_from_preset,
 )
+from .families import FAMILIES, ModelFamily, family_of, register_family
 from .image_processing import image_processor_for_config
 from .modeling_common import MFMPreTrainingOutput, backbone_from_pretrained
 from .modeling_folk import (
@@ -43,15 +36,12 @@ __version__ = "0.1.0"
 
 timm_compat.install_posterize_fix()
 
-for _config, _family in (
-    (MFMViTConfig, (MFMViTModel, MFMViTForPreTraining, MFMViTForImageClassification, MFMViTBackbone)),
-    (MFMResNetConfig, (MFMResNetModel, MFMResNetForPreTraining, MFMResNetForImageClassification, MFMResNetBackbone)),
-):
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    for _auto, _model in zip((AutoModel, AutoModelForPreTraining, AutoModelForImageClassification, AutoBackbone), _family):
-        _auto.register(_config, _model, exist_ok=True)
-
 __all__ = [
+    "FAMILIES",
+    "ModelFamily",
+    "family_of",
+    "pretext",
+    "register_family",
     "FOLKPreTrainingOutput",
     "FOLKResNetForPreTraining",
     "FOLKViTForPreTraining",

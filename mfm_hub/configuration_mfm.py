@@ -231,6 +231,16 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
         return self.patch_size
 
     @property
+    def summary(self) -> str:
+        return (f"ViT, patch {self.patch_size}, width {self.hidden_size}, depth {self.num_hidden_layers}, "
+                f"{self.num_attention_heads} heads, {self.image_size} px")
+
+    def classifier_options(self, official_head: bool) -> dict:
+        """Config fields of a classifier fine-tuned from this encoder: the official MFM head
+        (``fc_norm`` of the mean patch token) or the ``pooling`` of the encoder."""
+        return {"use_mean_pooling": official_head}
+
+    @property
     def num_features(self) -> int:
         return self.hidden_size
 
@@ -271,6 +281,14 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
         return 32
 
     @property
+    def summary(self) -> str:
+        return f"ResNet ({self.block_type} blocks, layers {list(self.layers)})"
+
+    def classifier_options(self, official_head: bool) -> dict:
+        """A ResNet classifier always reads the global average of the last map."""
+        return {}
+
+    @property
     def stage_channels(self) -> list[int]:
         expansion = 4 if self.block_type == "bottleneck" else 1
         return [64] + [64 * 2**i * expansion for i in range(4)]
@@ -296,24 +314,6 @@ PRESETS: dict[str, tuple[type, dict]] = {
 }
 
 
-def _auto_map(config_class: str, module: str, prefix: str) -> dict[str, str]:
-    heads = {
-        "AutoModel": "Model",
-        "AutoModelForPreTraining": "ForPreTraining",
-        "AutoModelForImageClassification": "ForImageClassification",
-        "AutoBackbone": "Backbone",
-    }
-    return {"AutoConfig": f"configuration_mfm.{config_class}", **{auto: f"{module}.{prefix}{head}" for auto, head in heads.items()}}
-
-
-#: ``auto_map`` written into every saved config, so that a Hub copy loads with
-#: ``trust_remote_code=True`` for users who have not installed mfm_hub.
-AUTO_MAP = {
-    MFMViTConfig.model_type: _auto_map("MFMViTConfig", "modeling_mfm_vit", "MFMViT"),
-    MFMResNetConfig.model_type: _auto_map("MFMResNetConfig", "modeling_mfm_resnet", "MFMResNet"),
-}
-
-
 def resolve_config(name_or_path: str, **overrides) -> MFMViTConfig | MFMResNetConfig:
     """A preset by name, else the config of a checkpoint folder, ``config.json`` or Hub id.
     Overrides are applied by rebuilding the config, so they go through its validation
@@ -332,4 +332,4 @@ def config_from_preset(name: str, **overrides) -> MFMViTConfig | MFMResNetConfig
     return config_class(**{**fields, **overrides})
 
 
-__all__ = ["AUTO_MAP", "MFMConfigBase", "MFMResNetConfig", "MFMViTConfig", "PRESETS", "config_from_preset", "resolve_config"]
+__all__ = ["MFMConfigBase", "MFMResNetConfig", "MFMViTConfig", "PRESETS", "config_from_preset", "resolve_config"]

@@ -111,13 +111,9 @@ class MeanIoU(evaluate.Metric):
 
 
 def frozen_features(model, pixel_values):
-    """One feature vector per image from a frozen encoder, ``(B, D)``: for a ViT the mean of
-    the (normed) patch tokens, since MFM trains the patch tokens and never the cls token;
-    for a ResNet the global average of the last map."""
-    outputs = model(pixel_values)
-    if model.config.model_type == "mfm_vit":
-        return outputs.last_hidden_state[:, 1:].mean(dim=1)
-    return outputs.pooler_output
+    """One feature vector per image from a frozen encoder, ``(B, D)``: the family's own
+    ``frozen_features`` (ViT: mean of the normed patch tokens; ResNet: global average)."""
+    return model.frozen_features(pixel_values)
 
 
 def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor, num_classes: int,

@@ -25,14 +25,7 @@ CITATIONS = """```bibtex
 
 
 def architecture_summary(model) -> str:
-    config = model.config
-    if config.model_type == "mfm_vit":
-        shape = (
-            f"ViT, patch {config.patch_size}, width {config.hidden_size}, depth {config.num_hidden_layers}, "
-            f"{config.num_attention_heads} heads, {config.image_size} px"
-        )
-    else:
-        shape = f"ResNet ({config.block_type} blocks, layers {list(config.layers)})"
+    shape = model.config.summary
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return f"{shape}; {params:.1f} M parameters ({type(model).__name__})"
 

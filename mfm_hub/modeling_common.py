@@ -15,7 +15,6 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
-from .configuration_mfm import AUTO_MAP
 from .frequency import apply_frequency_mask, frequency_distance, masked_frequency_loss
 from .image_processing import image_processor_for_config
 from .pretext import Corruption, get_pretext_task
@@ -210,7 +209,9 @@ class MFMPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self._auto_class is not None:
-            self.config.auto_map = dict(AUTO_MAP[self.config.model_type])
+            # every Auto class of the family (set by `register_family`), so a checkpoint saved by one
+            # class loads as the others with trust_remote_code
+            self.config.auto_map = dict(getattr(type(self.config), "family_auto_map", None) or self.config.auto_map or {})
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             image_processor_for_config(self.config).save_pretrained(save_directory)

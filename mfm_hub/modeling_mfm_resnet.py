@@ -61,6 +61,16 @@ class MFMResNetPreTrainedModel(MFMPreTrainedModel):
             init.zeros_(module.bn2.weight)
 
 
+#: MFM ResNet shapes that a timm architecture reproduces.
+TIMM_RESNETS = {
+    ("basic", (2, 2, 2, 2)): "resnet18",
+    ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("bottleneck", (3, 8, 36, 3)): "resnet152",
+}
+
+
 class MFMResNetModel(MFMResNetPreTrainedModel):
     """The bare MFM ResNet encoder.
 
@@ -86,6 +96,18 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.conv1
+
+    def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, F)``: the global average of the last map, what the frozen-feature evaluation reads."""
+        return self(pixel_values).pooler_output
+
+    def timm_architecture(self) -> tuple[str, dict, str]:
+        """timm's name and arguments for this encoder, and its classifier's name (`mfm_hub.timm_export`)."""
+        key = (self.config.block_type, tuple(self.config.layers))
+        if key not in TIMM_RESNETS:
+            shapes = ", ".join(f"{name} ({block}, layers {list(layers)})" for (block, layers), name in TIMM_RESNETS.items())
+            raise ValueError(f"No timm architecture has {key[0]} blocks with layers {list(key[1])}; timm export supports {shapes}.")
+        return TIMM_RESNETS[key], dict(in_chans=self.config.num_channels, global_pool="avg"), "fc"
 
     def forward(
         self,
@@ -169,12 +191,6 @@ class MFMResNetBackbone(BackboneMixin, MFMResNetPreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
-
-MFMResNetConfig.register_for_auto_class()
-MFMResNetModel.register_for_auto_class("AutoModel")
-MFMResNetForPreTraining.register_for_auto_class("AutoModelForPreTraining")
-MFMResNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
-MFMResNetBackbone.register_for_auto_class("AutoBackbone")
 
 __all__ = [
     "MFMResNetBackbone",

@@ -171,6 +171,30 @@ class MFMViTModel(MFMViTPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
+    def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, D)``: the mean of the normed patch tokens, what the frozen-feature evaluation
+        reads whatever ``pooling`` says (MFM trains the patch tokens, never the cls token)."""
+        return self(pixel_values).last_hidden_state[:, 1:].mean(dim=1)
+
+    def timm_architecture(self) -> tuple[str, dict, str]:
+        """timm's name and arguments for this encoder, and its classifier's name (`mfm_hub.timm_export`):
+        timm's Beit with the MFM arguments. timm's ``create_model`` drops ``None`` arguments, so
+        LayerScale is switched off with ``init_values=0.0``."""
+        config = self.config
+        if config.layer_scale_init_value:
+            raise ValueError("A ViT with LayerScale has no timm counterpart here (MFM uses none); export needs layer_scale_init_value=None.")
+        if config.layer_norm_eps != 1e-6:
+            raise ValueError(f"timm's Beit uses LayerNorm eps 1e-6; this model has {config.layer_norm_eps}.")
+        arguments = dict(
+            img_size=config.image_size, patch_size=config.patch_size, in_chans=config.num_channels, embed_dim=config.hidden_size,
+            depth=config.num_hidden_layers, num_heads=config.num_attention_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+            init_values=0.0, use_abs_pos_emb=True, use_rel_pos_bias=False, use_shared_rel_pos_bias=False,
+            # timm then pools as pooler_output does: fc_norm(mean) in the fine-tuning layout, else the normed mean or cls token
+            global_pool="avg" if config.use_mean_pooling or config.pooling == "mean" else "token", use_fc_norm=bool(config.use_mean_pooling),
+        )
+        return "beit_base_patch16_224", arguments, "head"
+
+
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Patch tokens ``(B, N, D)`` (no cls) -> feature map ``(B, D, gh, gw)``."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
@@ -258,12 +282,6 @@ class MFMViTBackbone(BackboneMixin, MFMViTPreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
-
-MFMViTConfig.register_for_auto_class()
-MFMViTModel.register_for_auto_class("AutoModel")
-MFMViTForPreTraining.register_for_auto_class("AutoModelForPreTraining")
-MFMViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
-MFMViTBackbone.register_for_auto_class("AutoBackbone")
 
 __all__ = [
     "MFMViTBackbone",

@@ -21,49 +21,12 @@ import argparse
 import json
 from importlib import import_module
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from .arguments import guard_output_dir
 from .image_processing import EVAL_CROP_PCT
-
-#: MFM ResNet shapes that a timm architecture reproduces.
-TIMM_RESNETS = {
-    ("basic", (2, 2, 2, 2)): "resnet18",
-    ("basic", (3, 4, 6, 3)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3)): "resnet50",
-    ("bottleneck", (3, 4, 23, 3)): "resnet101",
-    ("bottleneck", (3, 8, 36, 3)): "resnet152",
-}
-
-
-def _vit_spec(config) -> tuple[str, dict, str]:
-    if config.layer_scale_init_value:
-        raise ValueError("A ViT with LayerScale has no timm counterpart here (MFM uses none); export needs layer_scale_init_value=None.")
-    arguments = dict(
-        img_size=config.image_size, patch_size=config.patch_size, in_chans=config.num_channels, embed_dim=config.hidden_size,
-        depth=config.num_hidden_layers, num_heads=config.num_attention_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-        init_values=0.0, use_abs_pos_emb=True, use_rel_pos_bias=False, use_shared_rel_pos_bias=False,
-        # timm pools as our pooler_output does: fc_norm(mean) in the fine-tuning layout, else the normed mean or cls token
-        global_pool="avg" if config.use_mean_pooling or config.pooling == "mean" else "token", use_fc_norm=bool(config.use_mean_pooling),
-    )
-    if config.layer_norm_eps != 1e-6:
-        raise ValueError(f"timm's Beit uses LayerNorm eps 1e-6; this model has {config.layer_norm_eps}.")
-    return "beit_base_patch16_224", arguments, "head"
-
-
-def _resnet_spec(config) -> tuple[str, dict, str]:
-    key = (config.block_type, tuple(config.layers))
-    if key not in TIMM_RESNETS:
-        shapes = ", ".join(f"{name} ({block}, layers {list(layers)})" for (block, layers), name in TIMM_RESNETS.items())
-        raise ValueError(f"No timm architecture has {config.block_type} blocks with layers {list(config.layers)}; "
-                         f"timm export supports {shapes}.")
-    return TIMM_RESNETS[key], dict(in_chans=config.num_channels, global_pool="avg"), "fc"
-
-
-#: model_type -> (timm architecture, its arguments, name of its classifier) for a config.
-TIMM_SPECS: dict[str, Callable] = {"mfm_vit": _vit_spec, "mfm_resnet": _resnet_spec}
 
 
 def load_mfm_model(source: str | Path):
@@ -78,14 +41,14 @@ def to_timm(model):
     """The timm model equal to ``model``'s encoder (and classifier, if it has one)."""
     import timm
 
-    config = model.config
-    if config.model_type not in TIMM_SPECS:
-        raise ValueError(f"timm export supports {sorted(TIMM_SPECS)} models, not {config.model_type!r}.")
-    architecture, arguments, head = TIMM_SPECS[config.model_type](config)
+    encoder = model.base_model
+    if not hasattr(encoder, "timm_architecture"):
+        raise ValueError(f"{type(model).__name__} has no timm counterpart (its encoder defines no `timm_architecture`).")
+    architecture, arguments, head = encoder.timm_architecture()
     classifier = getattr(model, "classifier", None)
     num_classes = classifier.out_features if isinstance(classifier, torch.nn.Linear) else 0
     timm_model = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **arguments)
-    state = dict(model.base_model.encoder.state_dict())
+    state = dict(encoder.encoder.state_dict())
     if num_classes:
         state.update({f"{head}.weight": classifier.weight, f"{head}.bias": classifier.bias})
     timm_model.load_state_dict(state, strict=True)

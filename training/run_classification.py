@@ -158,8 +158,8 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         model_args.model, num_labels=len(class_names), id2label=dict(enumerate(class_names)),
         label2id={n: i for i, n in enumerate(class_names)}, drop_path_rate=model_args.drop_path_rate,
     )
-    if config.model_type == "mfm_vit":
-        config.use_mean_pooling = model_args.use_mean_pooling
+    for name, value in config.classifier_options(model_args.use_mean_pooling).items():
+        setattr(config, name, value)
     if model_args.model in PRESETS:
         model = AutoModelForImageClassification.from_config(config)
     else:

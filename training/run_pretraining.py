@@ -74,7 +74,6 @@ def method_flags(method: str) -> list[str]:
     return ["--objective", "folk"] if method == "folk" else ["--method", method]
 
 
-FOLK_MODELS = {"mfm_vit": mfm_hub.FOLKViTForPreTraining, "mfm_resnet": mfm_hub.FOLKResNetForPreTraining}
 
 
 @dataclass
@@ -301,10 +300,10 @@ def build_model(model_args: ModelArguments):
         raise ValueError(f"--model {model_args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config.json nor a checkpoint folder.")
     config = resolve_config(model_args.model, **overrides)
     if source.is_dir():
-        model_class = FOLK_MODELS[config.model_type] if is_folk else transformers.AutoModelForPreTraining
+        model_class = mfm_hub.family_of(config).folk if is_folk else transformers.AutoModelForPreTraining
         return model_class.from_pretrained(source, config=config)
     if is_folk:
-        return FOLK_MODELS[config.model_type](config)
+        return mfm_hub.family_of(config).folk(config)
     return transformers.AutoModelForPreTraining.from_config(config)
 
 

@@ -1,0 +1,74 @@
+"""The family registry: one `register_family` call makes a family loadable through every Auto
+class, in checkpoints (``auto_map``) and in the scripts' family lookups; nothing outside the
+registry branches on ``model_type``."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+
+import mfm_hub
+from mfm_hub import FAMILIES, ModelFamily, family_of, register_family
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ToyConfig(mfm_hub.MFMViTConfig):
+    model_type = "mfm_toy"
+
+
+class ToyModel(mfm_hub.MFMViTModel):
+    config_class = ToyConfig
+
+
+class ToyForPreTraining(mfm_hub.MFMViTForPreTraining):
+    config_class = ToyConfig
+
+
+class ToyForImageClassification(mfm_hub.MFMViTForImageClassification):
+    config_class = ToyConfig
+
+
+class ToyBackbone(mfm_hub.MFMViTBackbone):
+    config_class = ToyConfig
+
+
+class ToyFOLK(mfm_hub.FOLKViTForPreTraining):
+    config_class = ToyConfig
+
+
+@pytest.fixture
+def toy_family():
+    family = register_family(ModelFamily(ToyConfig, ToyModel, ToyForPreTraining, ToyForImageClassification, ToyBackbone, ToyFOLK))
+    yield family
+    del FAMILIES["mfm_toy"]
+
+
+def test_one_registry_entry_makes_a_family_loadable_everywhere(toy_family, tmp_path):
+    config = ToyConfig(image_size=32, patch_size=4, hidden_size=48, num_hidden_layers=4, num_attention_heads=3)
+    ToyForPreTraining(config).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["auto_map"]["AutoBackbone"].endswith("ToyBackbone") and saved["auto_map"]["AutoConfig"].endswith("ToyConfig")
+    assert type(AutoConfig.from_pretrained(tmp_path)) is ToyConfig
+    assert type(AutoModel.from_pretrained(tmp_path)) is ToyModel
+    assert type(AutoModelForPreTraining.from_pretrained(tmp_path)) is ToyForPreTraining
+    assert type(AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=2)) is ToyForImageClassification
+    assert type(AutoBackbone.from_config(config)) is ToyBackbone
+    assert family_of(config).folk is ToyFOLK
+    features = mfm_hub.evaluation.frozen_features(ToyModel(config).eval(), torch.rand(2, 3, 32, 32))
+    assert features.shape == (2, config.hidden_size)
+
+
+def test_built_in_families_and_unknown_types():
+    assert {name: family.model.__name__ for name, family in FAMILIES.items()} == {"mfm_vit": "MFMViTModel", "mfm_resnet": "MFMResNetModel"}
+    with pytest.raises(ValueError, match="No registered model family for model_type 'upernet'"):
+        family_of(type("Config", (), {"model_type": "upernet"})())
+
+
+def test_no_module_branches_on_model_type_strings():
+    offenders = [str(path.relative_to(ROOT)) for folder in ("mfm_hub", "training", "benchmarks") for path in (ROOT / folder).rglob("*.py")
+                 if re.search(r"model_type\s*(==|!=|in\s*[\(\[\{])", path.read_text())]
+    assert offenders == []
