@@ -32,7 +32,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import safetensors.torch
 import torch
@@ -46,9 +45,7 @@ import run_pretraining  # noqa: E402
 from mfm_hub import MFMViTConfig, MFMViTModel, evaluation  # noqa: E402
 from mfm_hub.arguments import require, require_at_least  # noqa: E402
 from mfm_hub.data import DatasetReference  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from mfm_hub.visualization import plt  # noqa: E402
 
 CIFAR10 = DatasetReference("uoft-cs/cifar10", "CIFAR-10 (test images; JPEG re-encoding of the original release)", "uoft-cs/cifar10")
 SHARED_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar"

@@ -21,11 +21,9 @@ import math
 import sys
 from pathlib import Path
 
-import matplotlib
 import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from mfm_hub.visualization import plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))

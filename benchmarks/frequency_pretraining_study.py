@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 
@@ -32,9 +31,7 @@ import run_pretraining  # noqa: E402
 
 from mfm_hub import MFMViTConfig, MFMViTModel  # noqa: E402
 from mfm_hub.arguments import guard_output_dir  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from mfm_hub.visualization import plt  # noqa: E402
 
 METHODS = ["scratch", "mfm", "folk", "sr", "deblur", "denoise"]
 SMALL_VIT = dict(image_size=32, patch_size=4, hidden_size=96, num_hidden_layers=6, num_attention_heads=3)

@@ -16,13 +16,9 @@ from typing import Callable, Optional, Sequence
 
 import datasets
 import evaluate
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import AutoModel  # noqa: E402
@@ -330,28 +326,6 @@ def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, ta
     return path
 
 
-def plot_confusion_matrix(labels: Sequence[int], predictions: Sequence[int], class_names: Sequence[str], path: str | Path, title: str) -> Path:
-    matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
-    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    size = max(4.0, 0.45 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size), dpi=120)
-    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(class_names)):
-        for j in range(len(class_names)):
-            if matrix[i, j]:
-                ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=6, color="white" if normalised[i, j] > 0.5 else "black")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
 __all__ = [
     "MeanIoU",
     "frozen_features",
@@ -365,7 +339,6 @@ __all__ = [
     "k_shot_indices",
     "labelled_image_check",
     "load_labelled_split",
-    "plot_confusion_matrix",
     "timm_image_options",
     "validate_examples",
     "write_results",

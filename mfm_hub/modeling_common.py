@@ -91,15 +91,22 @@ def check_unit_range(pixel_values: torch.Tensor) -> None:
         )
 
 
+def _statistics(config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The config's mean and std shaped ``(C, 1, 1)``, broadcasting over ``(..., C, H, W)``."""
+    def as_tensor(values):
+        return torch.tensor(values, device=like.device, dtype=like.dtype).view(-1, 1, 1)
+
+    return as_tensor(config.image_mean), as_tensor(config.image_std)
+
+
 def normalize(pixel_values: torch.Tensor, config) -> torch.Tensor:
-    mean = torch.tensor(config.image_mean, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(config.image_std, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
+    """``(..., C, H, W)`` images in [0, 1] -> normalised with the config's mean / std."""
+    mean, std = _statistics(config, pixel_values)
     return (pixel_values - mean) / std
 
 
 def denormalize(pixel_values: torch.Tensor, config) -> torch.Tensor:
-    mean = torch.tensor(config.image_mean, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(config.image_std, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
+    mean, std = _statistics(config, pixel_values)
     return pixel_values * std + mean
 
 

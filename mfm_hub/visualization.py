@@ -1,15 +1,18 @@
-"""Figures people look at: the loss curve and the reconstruction grid (PNG)."""
+"""Every figure the package writes (PNG): loss and validation curves, reconstruction grids,
+confusion matrices, few-shot episode histograms, corruption errors and segmentation overlays.
+The one place that sets up matplotlib (headless ``Agg``); benchmarks import ``plt`` from here."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .frequency import spectrum_image  # noqa: E402
@@ -150,3 +153,83 @@ def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, gen
 
 
 __all__ = ["logged_losses", "logged_series", "plot_loss_curve", "reconstruction_grid"]
+
+
+def plot_confusion_matrix(labels: Sequence[int], predictions: Sequence[int], class_names: Sequence[str], path: str | Path, title: str) -> Path:
+    matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=120)
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            if matrix[i, j]:
+                ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=6, color="white" if normalised[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_episodes(accuracies: list[float], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.hist(accuracies, bins=min(30, max(5, len(accuracies) // 10)), color="tab:blue", alpha=0.8)
+    ax.axvline(float(np.mean(accuracies)), color="black", linestyle="--", label=f"mean {np.mean(accuracies):.3f}")
+    ax.set_xlabel("episode accuracy")
+    ax.set_ylabel("episodes")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_errors(results: dict, corruptions: list[str], path: Path, model_name: str, baseline_name: str) -> None:
+    model_err = [np.mean(list(results["errors"]["model"][c].values())) for c in corruptions]  # mean over severities
+    base_err = [np.mean(list(results["errors"]["baseline"][c].values())) for c in corruptions]
+    x = np.arange(len(corruptions))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(corruptions) + 2), 3.6), dpi=120)
+    ax.bar(x - 0.2, model_err, width=0.4, label=f"{model_name} (mCE {results['mCE']:.3f})")
+    ax.bar(x + 0.2, base_err, width=0.4, label=f"{baseline_name} (baseline)")
+    ax.set_xticks(x, corruptions, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("top-1 error, mean over severities")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title(f"clean error: {results['clean_error']['model']:.3f} vs {results['clean_error']['baseline']:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+PALETTE = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+                    [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [0, 0, 0]], dtype=np.uint8)
+
+
+def colorize(labels: np.ndarray, ignore_index: Optional[int]) -> np.ndarray:
+    palette = PALETTE if labels.max() < len(PALETTE) else np.random.default_rng(0).integers(0, 255, (int(labels.max()) + 1, 3), dtype=np.uint8)
+    out = palette[np.clip(labels, 0, len(palette) - 1)]
+    if ignore_index is not None:
+        out[labels == ignore_index] = 0
+    return out
+
+
+def plot_overlays(images, references, predictions, ignore_index, path: Path, title: str) -> None:
+    rows = len(images)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 2.4 * rows), dpi=110, squeeze=False)
+    for r, (image, reference, prediction) in enumerate(zip(images, references, predictions)):
+        for c, (panel, name) in enumerate(((image, "image"), (colorize(reference, ignore_index), "ground truth"),
+                                           ((0.5 * image + 0.5 * colorize(prediction, None)).astype(np.uint8), "prediction"))):
+            axes[r, c].imshow(panel)
+            axes[r, c].axis("off")
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

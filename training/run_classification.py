@@ -38,7 +38,7 @@ from mfm_hub import evaluation
 from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import dataset_reference, decode_image
-from mfm_hub.visualization import logged_series, plot_validation_curve
+from mfm_hub.visualization import logged_series, plot_confusion_matrix, plot_validation_curve
 
 logger = logging.getLogger("run_classification")
 
@@ -276,7 +276,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if not trainer.is_world_process_zero():
         return results
     evaluation.write_results(output, results)
-    evaluation.plot_confusion_matrix(labels, scores.argmax(1), class_names, output / "confusion_matrix.png",
+    plot_confusion_matrix(labels, scores.argmax(1), class_names, output / "confusion_matrix.png",
                                      title=f"{results['protocol']}: top-1 {metrics['top1']:.3f}")
     if results["validation_curve"]:
         plot_validation_curve(trainer.state.log_history, output / "validation_curve.png", f"{results['protocol']} ({len(train)} training images)")

@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,9 +37,7 @@ import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import guard_output_dir, require, require_at_least
 from mfm_hub.data import dataset_reference, decode_image
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from mfm_hub.visualization import plot_episodes
 
 
 @torch.no_grad()
@@ -84,19 +81,6 @@ def run_episodes(features: torch.Tensor, labels: np.ndarray, ways: int, shots: i
                 scores = fitted(query)
         accuracies.append(float((scores.argmax(1) == query_labels).float().mean()))
     return accuracies
-
-
-def plot_episodes(accuracies: list[float], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    ax.hist(accuracies, bins=min(30, max(5, len(accuracies) // 10)), color="tab:blue", alpha=0.8)
-    ax.axvline(float(np.mean(accuracies)), color="black", linestyle="--", label=f"mean {np.mean(accuracies):.3f}")
-    ax.set_xlabel("episode accuracy")
-    ax.set_ylabel("episodes")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -20,7 +20,6 @@ import zlib
 from pathlib import Path
 from typing import Optional
 
-import matplotlib
 import numpy as np
 import torch
 from torchvision.transforms import v2 as T
@@ -31,9 +30,8 @@ import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import guard_output_dir, require, require_at_least
 from mfm_hub.data import DatasetReference, dataset_reference, decode_image
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from mfm_hub.modeling_common import normalize
+from mfm_hub.visualization import plot_errors
 
 try:
     from imagecorruptions import corrupt as apply_corruption
@@ -54,35 +52,18 @@ def corrupted_image(image: np.ndarray, corruption: str, severity: int, seed: int
 
 
 @torch.no_grad()
-def error_rates(models: dict, images: list[np.ndarray], labels: np.ndarray, corruption: str, severity: int, normalize, batch_size: int,
+def error_rates(models: dict, images: list[np.ndarray], labels: np.ndarray, corruption: str, severity: int, to_input, batch_size: int,
                 seed: int) -> dict[str, float]:
     wrong = {name: 0 for name in models}
     for start in range(0, len(images), batch_size):
         # zlib.crc32, not hash(): str hashes change from process to process
         batch = [corrupted_image(img, corruption, severity, seed + 1_000_003 * (start + i) + 7919 * severity + zlib.crc32(corruption.encode()))
                  for i, img in enumerate(images[start:start + batch_size])]
-        pixels = torch.stack([normalize(torch.from_numpy(img).permute(2, 0, 1)) for img in batch])
+        pixels = torch.stack([to_input(torch.from_numpy(img).permute(2, 0, 1)) for img in batch])
         for name, model in models.items():
             predictions = model(pixel_values=pixels.to(model.device)).logits.argmax(-1).cpu().numpy()
             wrong[name] += int((predictions != labels[start:start + batch_size]).sum())
     return {name: count / len(images) for name, count in wrong.items()}
-
-
-def plot_errors(results: dict, corruptions: list[str], path: Path, model_name: str, baseline_name: str) -> None:
-    model_err = [np.mean([results["errors"]["model"][c][str(s)] for s in SEVERITIES]) for c in corruptions]
-    base_err = [np.mean([results["errors"]["baseline"][c][str(s)] for s in SEVERITIES]) for c in corruptions]
-    x = np.arange(len(corruptions))
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(corruptions) + 2), 3.6), dpi=120)
-    ax.bar(x - 0.2, model_err, width=0.4, label=f"{model_name} (mCE {results['mCE']:.3f})")
-    ax.bar(x + 0.2, base_err, width=0.4, label=f"{baseline_name} (baseline)")
-    ax.set_xticks(x, corruptions, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("top-1 error, mean over severities")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    ax.set_title(f"clean error: {results['clean_error']['model']:.3f} vs {results['clean_error']['baseline']:.3f}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -125,18 +106,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
                              T.CenterCrop(config.image_size)])
     images = [np.asarray(resize_crop(decode_image(value))) for value in dataset[image_column]]
     labels = np.asarray(dataset[args.label_column])
-    mean, std = torch.tensor(config.image_mean).view(3, 1, 1), torch.tensor(config.image_std).view(3, 1, 1)
+    def to_input(uint8_chw):
+        return normalize(uint8_chw.float() / 255, config)
 
-    def normalize(uint8_chw):
-        return (uint8_chw.float() / 255 - mean) / std
-
-    clean = error_rates(models, images, labels, "clean", 0, normalize, args.batch_size, args.seed)
+    clean = error_rates(models, images, labels, "clean", 0, to_input, args.batch_size, args.seed)
     errors = {name: {} for name in models}
     for corruption in tqdm(corruptions, desc="corruptions"):
         for name in models:
             errors[name][corruption] = {}
         for severity in SEVERITIES:
-            rates = error_rates(models, images, labels, corruption, severity, normalize, args.batch_size, args.seed)
+            rates = error_rates(models, images, labels, corruption, severity, to_input, args.batch_size, args.seed)
             for name, rate in rates.items():
                 errors[name][corruption][str(severity)] = rate
     corruption_errors = {

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image  # noqa: E402
 from transformers import HfArgumentParser, Trainer, TrainingArguments, UperNetConfig, UperNetForSemanticSegmentation, set_seed
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
@@ -36,10 +36,8 @@ from mfm_hub.arguments import check_training_arguments, guard_output_dir, requir
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import IMAGE_EXTENSIONS, dataset_reference, decode_image
 from mfm_hub.image_processing import segmentation_image_processor
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
+from mfm_hub.modeling_common import normalize
+from mfm_hub.visualization import plot_overlays
 
 logger = logging.getLogger("run_segmentation")
 EVAL_MULTIPLE = 32
@@ -158,8 +156,7 @@ class SegmentationBatch:
     """Decode, check, (train) random-crop + flip or (eval) pad to a multiple of 32; normalise."""
 
     def __init__(self, config, num_labels: int, ignore_index: Optional[int], crop_size: Optional[int]):
-        self.mean = torch.tensor(config.image_mean).view(3, 1, 1)
-        self.std = torch.tensor(config.image_std).view(3, 1, 1)
+        self.config = config
         self.num_labels, self.ignore_index, self.crop_size = num_labels, ignore_index, crop_size
         self.fill = ignore_index if ignore_index is not None else 255
 
@@ -167,7 +164,7 @@ class SegmentationBatch:
         pixels, labels = [], []
         for example in examples:
             image, mask = read_pair(example, self.num_labels, self.ignore_index)
-            image = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - self.mean) / self.std
+            image = normalize(torch.from_numpy(image).permute(2, 0, 1).float() / 255, self.config)
             mask = torch.from_numpy(mask)
             if self.crop_size:
                 image, mask = self._random_crop_flip(image, mask)
@@ -207,34 +204,6 @@ def build_model(model_args: ModelArguments):
     if model_args.freeze_backbone:
         model.backbone.requires_grad_(False)
     return model
-
-
-PALETTE = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
-                    [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [0, 0, 0]], dtype=np.uint8)
-
-
-def colorize(labels: np.ndarray, ignore_index: Optional[int]) -> np.ndarray:
-    palette = PALETTE if labels.max() < len(PALETTE) else np.random.default_rng(0).integers(0, 255, (int(labels.max()) + 1, 3), dtype=np.uint8)
-    out = palette[np.clip(labels, 0, len(palette) - 1)]
-    if ignore_index is not None:
-        out[labels == ignore_index] = 0
-    return out
-
-
-def plot_overlays(images, references, predictions, ignore_index, path: Path, title: str) -> None:
-    rows = len(images)
-    fig, axes = plt.subplots(rows, 3, figsize=(9, 2.4 * rows), dpi=110, squeeze=False)
-    for r, (image, reference, prediction) in enumerate(zip(images, references, predictions)):
-        for c, (panel, name) in enumerate(((image, "image"), (colorize(reference, ignore_index), "ground truth"),
-                                           ((0.5 * image + 0.5 * colorize(prediction, None)).astype(np.uint8), "prediction"))):
-            axes[r, c].imshow(panel)
-            axes[r, c].axis("off")
-            if r == 0:
-                axes[r, c].set_title(name, fontsize=9)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
