@@ -1,0 +1,49 @@
+"""Results files and the model card's ``model-index``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..data import DatasetReference
+
+
+def write_results(output_dir: str | Path, results: dict) -> Path:
+    path = Path(output_dir) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    return path
+
+
+def _protocol_key(result: EvalResult) -> tuple:
+    return (result.task_type, result.dataset_type, result.dataset_split, result.metric_type, result.metric_name)
+
+
+def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, task_name: str, dataset: DatasetReference,
+                       metrics: dict[str, float], split: str = "test") -> Path:
+    """Add ``metrics`` to the ``model-index`` of ``card_dir/README.md`` (created if absent).
+
+    ``task_type`` is a Hub task id (``image-classification``, ``image-segmentation``),
+    ``dataset`` a `DatasetReference` (Hub id or ``imagefolder`` + a plain description).
+    ``task_name`` is the protocol with its settings (e.g. ``"Few-shot, 5-way 5-shot
+    episodes"``) and names each metric (``"<task_name>: <metric>"``), because the Hub's
+    model-index groups results by task type, dataset and split only, not by task name.
+    Results accumulate: an earlier result is replaced only by one of the same protocol,
+    dataset, split and metric."""
+    path = Path(card_dir) / "README.md"
+    card = ModelCard.load(path) if path.exists() else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {model_name}\n")
+    if card.data is None:
+        card.data = ModelCardData()
+    new = [
+        EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset.type, dataset_name=dataset.name,
+                   dataset_split=split, metric_type=metric, metric_name=f"{task_name}: {metric}", metric_value=round(float(value), 6))
+        for metric, value in metrics.items()
+    ]
+    replaced = {_protocol_key(result) for result in new}
+    keep = [result for result in (card.data.eval_results or []) if _protocol_key(result) not in replaced]
+    card.data.eval_results = keep + new
+    card.data.model_name = card.data.model_name or model_name
+    card.save(path)
+    return path
