@@ -125,3 +125,19 @@ def check_training_arguments(args) -> None:
 
 __all__ = ["CONFIG_SUFFIXES", "check_training_arguments", "config_file_values", "guard_output_dir", "read_config_file", "require",
            "require_at_least", "trainer_checkpoints"]
+
+
+def setup_logging(args) -> None:
+    """The scripts' log format; INFO on the processes that should log (rank 0), else WARNING."""
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+
+
+def resolve_learning_rate(args) -> float:
+    """``--learning_rate``, or ``--base_learning_rate`` scaled linearly with the total batch
+    (per 512 images, the MFM / MAE rule); sets and returns ``args.learning_rate``."""
+    if args.learning_rate is None:
+        total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        args.learning_rate = args.base_learning_rate * total_batch / 512
+    return args.learning_rate

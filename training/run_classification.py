@@ -35,7 +35,7 @@ from transformers import AutoModelForImageClassification, HfArgumentParser, Trai
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least
+from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least, resolve_learning_rate, setup_logging
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import dataset_reference, decode_image
 from mfm_hub.visualization import logged_series, plot_confusion_matrix, plot_validation_curve
@@ -221,7 +221,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, ClassificationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    setup_logging(args)
     set_seed(args.seed)
 
     train, image_column, class_names = evaluation.load_labelled_split(
@@ -244,8 +244,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model = build_model(model_args, class_names)
     evaluation.check_head_matches(model.config.num_labels, class_names)
     config = model.config
-    if args.learning_rate is None:
-        args.learning_rate = args.base_learning_rate * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size / 512
+    resolve_learning_rate(args)
     eval_transform = evaluation.eval_transform(config, data_args.crop_pct)
 
     trainer = ClassificationTrainer(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import run_classification  # noqa: E402  (the sibling script: Python puts training/ on sys.path for a script)
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -114,9 +115,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.overwrite_output_dir:
         passthrough = ["--overwrite_output_dir", *passthrough]
     if args.protocol == "finetune":
-        sys.path.insert(0, str(Path(__file__).parent))
-        import run_classification
-
         subset = ["--train_fraction", str(args.train_fraction)] if args.train_fraction else ["--shots_per_class", str(args.shots)]
         data = (["--train_dir", args.data_dir] if args.data_dir else []) + (["--dataset_name", args.dataset_name] if args.dataset_name else [])
         return run_classification.main(["--model", args.model, "--output_dir", args.output_dir, "--seed", str(args.seed),

@@ -50,6 +50,8 @@ from mfm_hub.arguments import (
     guard_output_dir,
     require,
     require_at_least,
+    resolve_learning_rate,
+    setup_logging,
     trainer_checkpoints,
 )
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
@@ -469,14 +471,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
     if args.resume_from_checkpoint:
         check_resumable(args.resume_from_checkpoint, args.world_size)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    setup_logging(args)
     push_to = args.hub_model_id if args.push_to_hub else None
     if args.push_to_hub and not push_to:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/mfm-vit-small).")
     args.push_to_hub = False  # we upload the exported backbone ourselves, once, at the end
-    if args.learning_rate is None:
-        total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        args.learning_rate = args.base_learning_rate * total_batch / 512
+    resolve_learning_rate(args)
     set_seed(args.seed)
 
     model = build_model(model_args)

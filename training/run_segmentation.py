@@ -32,7 +32,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, UperNetCo
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least
+from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least, setup_logging
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import IMAGE_EXTENSIONS, dataset_reference, decode_image
 from mfm_hub.image_processing import segmentation_image_processor
@@ -210,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, SegmentationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    setup_logging(args)
     set_seed(args.seed)
     train, test = load_split(data_args, data_args.train_split), load_split(data_args, data_args.eval_split)
     if data_args.max_train_samples:
