@@ -137,10 +137,18 @@ def pretrain(method: str, seed: int, steps: int, args, train_dir: Path, results:
         return output
     checkpoints = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if output.is_dir() else []
     resume = ["--resume_from_checkpoint", str(checkpoints[-1])] if checkpoints else ["--overwrite_output_dir"]
-    if run_pretraining.main(pretraining_arguments(method, seed, steps, args, train_dir, output) + resume) != 0:
+    # wall time of every segment of an interrupted-and-resumed run, so the total survives resumes
+    segments = output.parent / "pretraining_segments.json"
+    earlier = json.loads(segments.read_text()) if segments.exists() and checkpoints else []
+    started = time.time()
+    try:
+        finished = run_pretraining.main(pretraining_arguments(method, seed, steps, args, train_dir, output) + resume) == 0
+    finally:
+        segments.write_text(json.dumps(earlier + [round(time.time() - started, 1)]))
+    if not finished:
         raise RuntimeError(f"Pre-training {method} seed {seed} did not finish; re-run to resume it.")
     trained = json.loads((output / "train_results.json").read_text())
-    results.put(key, {"steps": steps, "wall_s": trained["wall_time_s"], "images_seen": steps * args.batch_size,
+    results.put(key, {"steps": steps, "wall_s": round(sum(json.loads(segments.read_text())), 1), "images_seen": steps * args.batch_size,
                       "resumed": bool(checkpoints), "final_loss": [e["loss"] for e in trained["log_history"] if "loss" in e][-1]})
     return output
 
@@ -246,7 +254,7 @@ def write_outputs(args, results: Results, methods: list[str], steps: dict[str, i
         points = [(results.get(f"{method}/seed{s}/pretraining") or {}).get("wall_s", np.nan) for s in args.seeds]
         accuracy = [(results.get(f"{method}/seed{s}/knn") or {}).get("top1", np.nan) for s in args.seeds]
         knn.scatter(np.array(points) / 60, accuracy, label=method)
-    knn.set_xlabel("pre-training wall time (min)")
+    knn.set_xlabel("pre-training wall time (min, measured; includes other load on the machine)")
     knn.set_ylabel("kNN top-1")
     knn.grid(alpha=0.3)
     knn.legend(fontsize=7)
@@ -272,6 +280,7 @@ def parse_arguments(argv=None):
     parser.add_argument("--fine_tune_epochs_10pct", type=float, default=15)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--dataloader_num_workers", type=int, default=1)
+    parser.add_argument("--report_only", action="store_true", help="only rewrite table.md and benchmark.png from results.json")
     args = parser.parse_args(argv)
     require(args.budget_minutes > 0, "--budget_minutes", args.budget_minutes, "> 0")
     require_at_least(args, 1, "pretrain_steps", "calibration_steps", "batch_size", "fine_tune_batch_size", "episodes")
@@ -287,7 +296,7 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / "results.json")
-    settings = {k: v for k, v in vars(args).items() if k not in ("fine_tune_epochs", "output_dir", "train_images")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("fine_tune_epochs", "output_dir", "train_images", "report_only")}
     if results.data.setdefault("settings", settings) != settings:
         raise ValueError(f"{out} holds a benchmark run with other settings ({results.data['settings']}); "
                          f"use another --output_dir to run with {settings}.")
@@ -303,6 +312,9 @@ def main(argv=None) -> dict:
         steps = {m: max(1, round(budget * calibrate(m, args, data / "train", results) / args.batch_size)) for m in pretrained}
     results.data["pretraining_steps"] = steps
     results.save()
+    if args.report_only:
+        write_outputs(args, results, args.methods, steps)
+        return results.data
     started = time.time()
     for seed in args.seeds:
         for method in args.methods:

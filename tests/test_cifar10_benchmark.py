@@ -61,6 +61,11 @@ def test_benchmark_smoke_and_resume(tmp_path):
     assert again["runs"] == before
     assert (encoder / "model.safetensors").stat().st_mtime_ns == mtime
 
+    # the report alone is rebuilt from results.json; pre-training wall time is kept per segment
+    (bench / "table.md").unlink()
+    assert cifar10_benchmark.main([*argv, "--report_only"])["runs"] == before and (bench / "table.md").exists()
+    assert len(json.loads((bench / "mfm-seed0" / "pretraining_segments.json").read_text())) == 1
+
     # other settings in the same folder are refused, naming both
     with pytest.raises(ValueError, match="other settings"):
         cifar10_benchmark.main([*argv[:-2], "--dataloader_num_workers", "1"])
