@@ -18,6 +18,14 @@ def load_local(folder, **kwargs):
     return timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs).eval()
 
 
+def assert_same_features(timm_model, ours, x):
+    """timm's token / map features and pooled output equal our last_hidden_state and pooler_output."""
+    with torch.no_grad():
+        expected = ours(x)
+        assert torch.allclose(timm_model.forward_features(x), expected.last_hidden_state, atol=TOLERANCE)
+        assert torch.allclose(timm_model(x), expected.pooler_output, atol=TOLERANCE)
+
+
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_vit_encoder_loads_in_timm_with_equal_features(pooling, tmp_path):
     ours = MFMViTModel(tiny_vit_config(pooling=pooling)).eval()
@@ -25,10 +33,7 @@ def test_vit_encoder_loads_in_timm_with_equal_features(pooling, tmp_path):
     export_to_timm(str(tmp_path / "hf"), tmp_path / "timm")
     model = load_local(tmp_path / "timm")
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = ours(x)
-        assert torch.allclose(model.forward_features(x), expected.last_hidden_state, atol=TOLERANCE)
-        assert torch.allclose(model(x), expected.pooler_output, atol=TOLERANCE)
+    assert_same_features(model, ours, x)
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 32, 32) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 0.875
     assert list(cfg["mean"]) == [0.485, 0.456, 0.406] and list(cfg["std"]) == [0.229, 0.224, 0.225] and cfg["tag"] == "mfm_hub"
@@ -55,10 +60,7 @@ def test_resnet_loads_in_timm_with_equal_features(tmp_path):
     assert config["architecture"] == "resnet18"
     model = load_local(tmp_path / "timm")
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        expected = ours(x)
-        assert torch.allclose(model.forward_features(x), expected.last_hidden_state, atol=TOLERANCE)
-        assert torch.allclose(model(x), expected.pooler_output, atol=TOLERANCE)
+    assert_same_features(model, ours, x)
     maps = load_local(tmp_path / "timm", features_only=True)(x)
     assert [m.shape[1] for m in maps] == [64, 64, 128, 256, 512]
 
