@@ -8,6 +8,7 @@ from . import frequency, pretext, timm_compat, zoo
 from .configuration_mfm import (
     PRESETS,
     MFMResNetConfig,
+    MFMSwinConfig,
     MFMViTConfig,
     config_from_preset,
 )
@@ -17,6 +18,7 @@ from .modeling_common import MFMPreTrainingOutput, backbone_from_pretrained
 from .modeling_folk import (
     FOLKPreTrainingOutput,
     FOLKResNetForPreTraining,
+    FOLKSwinForPreTraining,
     FOLKViTForPreTraining,
 )
 from .modeling_mfm_resnet import (
@@ -24,6 +26,12 @@ from .modeling_mfm_resnet import (
     MFMResNetForImageClassification,
     MFMResNetForPreTraining,
     MFMResNetModel,
+)
+from .modeling_mfm_swin import (
+    MFMSwinBackbone,
+    MFMSwinForImageClassification,
+    MFMSwinForPreTraining,
+    MFMSwinModel,
 )
 from .modeling_mfm_vit import (
     MFMViTBackbone,
@@ -52,6 +60,12 @@ __all__ = [
     "MFMResNetForImageClassification",
     "MFMResNetForPreTraining",
     "MFMResNetModel",
+    "MFMSwinBackbone",
+    "MFMSwinConfig",
+    "MFMSwinForImageClassification",
+    "MFMSwinForPreTraining",
+    "MFMSwinModel",
+    "FOLKSwinForPreTraining",
     "MFMViTBackbone",
     "MFMViTConfig",
     "MFMViTForImageClassification",

@@ -298,6 +298,70 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
         return self.stage_channels[-1]
 
 
+class MFMSwinConfig(BackboneConfigMixin, MFMConfigBase):
+    r"""Configuration of an MFM Swin Transformer (timm's `SwinTransformer`; the official MFM
+    code's third encoder, SimMIM's Swin: patch 4, window 7, stride-32 feature map).
+
+    patch_size (`int`), embed_dim (`int`), depths (`list[int]`), num_heads (`list[int]`),
+    window_size (`int`), mlp_ratio (`float`), qkv_bias (`bool`): the shape. Every stage's
+    grid (``image_size / patch_size / 2^i``) must be divisible by ``window_size``.
+    drop_path_rate (`float`): stochastic depth.
+    out_features / out_indices: stages returned by `MFMSwinBackbone` (``stage1..4``,
+    strides 4, 8, 16, 32); defaults to all four, the pyramid UperNet expects.
+    """
+
+    model_type = "mfm_swin"
+
+    patch_size: int = 4
+    embed_dim: int = 96
+    depths: tuple[int, ...] | list[int] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] | list[int] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.0
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        _check(len(self.depths) == len(self.num_heads) == 4, f"`depths` and `num_heads` need 4 stages, got {list(self.depths)} / {list(self.num_heads)}.")
+        _check(all(d >= 1 for d in self.depths), f"`depths` must be positive, got {list(self.depths)!r}.")
+        for stage in range(4):
+            _check(self.embed_dim * 2**stage % self.num_heads[stage] == 0,
+                   f"stage {stage + 1} width {self.embed_dim * 2**stage} is not divisible by its {self.num_heads[stage]} heads.")
+            grid = self.image_size / self.patch_size / 2**stage
+            _check(grid == int(grid) and int(grid) % self.window_size == 0,
+                   f"`image_size` {self.image_size} gives a {grid:g}-token grid at stage {stage + 1}, not divisible by `window_size` {self.window_size}.")
+        _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
+        self.stage_names = ["stem", "stage1", "stage2", "stage3", "stage4"]
+        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
+        if out_indices is None and out_features is None:
+            out_features = ["stage1", "stage2", "stage3", "stage4"]
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        super().__post_init__(**kwargs)
+
+    @property
+    def encoder_stride(self) -> int:
+        return self.patch_size * 8
+
+    @property
+    def summary(self) -> str:
+        return (f"Swin, patch {self.patch_size}, window {self.window_size}, width {self.embed_dim}, depths {list(self.depths)}, "
+                f"{self.image_size} px")
+
+    def classifier_options(self, official_head: bool) -> dict:
+        """A Swin classifier reads the global average of the last (normed) map."""
+        return {}
+
+    @property
+    def stage_channels(self) -> list[int]:
+        return [self.embed_dim] + [self.embed_dim * 2**i for i in range(4)]
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim * 8
+
+
 _VIT_SHAPES = {
     "tiny": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3),
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
@@ -305,12 +369,15 @@ _VIT_SHAPES = {
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
 }
 
-#: Named architectures, timm-style: ``vit-<size>-patch<p>-<image size>``, ``resnet<depth>``.
+#: Named architectures, timm-style: ``vit-<size>-patch<p>-<image size>``, ``resnet<depth>``,
+#: ``swin-<size>-patch4-window7-224``.
 PRESETS: dict[str, tuple[type, dict]] = {
     **{f"vit-{size}-patch16-224": (MFMViTConfig, dict(shape, patch_size=16, image_size=224)) for size, shape in _VIT_SHAPES.items()},
     **{f"vit-{size}-patch4-32": (MFMViTConfig, dict(shape, patch_size=4, image_size=32)) for size, shape in _VIT_SHAPES.items() if size != "large"},
     "resnet18": (MFMResNetConfig, dict(block_type="basic", layers=(2, 2, 2, 2))),
     "resnet50": (MFMResNetConfig, dict(block_type="bottleneck", layers=(3, 4, 6, 3))),
+    "swin-tiny-patch4-window7-224": (MFMSwinConfig, dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)),
+    "swin-base-patch4-window7-224": (MFMSwinConfig, dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7)),
 }
 
 
@@ -332,4 +399,4 @@ def config_from_preset(name: str, **overrides) -> MFMViTConfig | MFMResNetConfig
     return config_class(**{**fields, **overrides})
 
 
-__all__ = ["MFMConfigBase", "MFMResNetConfig", "MFMViTConfig", "PRESETS", "config_from_preset", "resolve_config"]
+__all__ = ["MFMConfigBase", "MFMResNetConfig", "MFMSwinConfig", "MFMViTConfig", "PRESETS", "config_from_preset", "resolve_config"]

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
-from .configuration_mfm import MFMResNetConfig, MFMViTConfig
-from .modeling_folk import FOLKResNetForPreTraining, FOLKViTForPreTraining
+from .configuration_mfm import MFMResNetConfig, MFMSwinConfig, MFMViTConfig
+from .modeling_folk import FOLKResNetForPreTraining, FOLKSwinForPreTraining, FOLKViTForPreTraining
 from .modeling_mfm_resnet import MFMResNetBackbone, MFMResNetForImageClassification, MFMResNetForPreTraining, MFMResNetModel
+from .modeling_mfm_swin import MFMSwinBackbone, MFMSwinForImageClassification, MFMSwinForPreTraining, MFMSwinModel
 from .modeling_mfm_vit import MFMViTBackbone, MFMViTForImageClassification, MFMViTForPreTraining, MFMViTModel
 
 
@@ -66,5 +67,7 @@ register_family(ModelFamily(MFMViTConfig, MFMViTModel, MFMViTForPreTraining, MFM
                             FOLKViTForPreTraining))
 register_family(ModelFamily(MFMResNetConfig, MFMResNetModel, MFMResNetForPreTraining, MFMResNetForImageClassification, MFMResNetBackbone,
                             FOLKResNetForPreTraining))
+register_family(ModelFamily(MFMSwinConfig, MFMSwinModel, MFMSwinForPreTraining, MFMSwinForImageClassification, MFMSwinBackbone,
+                            FOLKSwinForPreTraining))
 
 __all__ = ["FAMILIES", "ModelFamily", "family_of", "register_family"]

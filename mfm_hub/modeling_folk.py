@@ -24,6 +24,7 @@ from transformers.utils import ModelOutput
 
 from .modeling_common import normalize
 from .modeling_mfm_resnet import MFMResNetForPreTraining
+from .modeling_mfm_swin import MFMSwinForPreTraining
 from .modeling_mfm_vit import MFMViTForPreTraining
 
 
@@ -269,8 +270,17 @@ class FOLKResNetForPreTraining(FOLKForPreTrainingMixin, MFMResNetForPreTraining)
         self._add_folk_modules()
 
 
+class FOLKSwinForPreTraining(FOLKForPreTrainingMixin, MFMSwinForPreTraining):
+    """FOLK on the MFM Swin: the head reads the global-average-pooled normed stride-32 map."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._add_folk_modules()
+
+
 __all__ = [
     "FOLKPreTrainingOutput",
+    "FOLKSwinForPreTraining",
     "FOLKResNetForPreTraining",
     "FOLKViTForPreTraining",
     "ProjectionHead",

@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mfm_hub import MFMResNetConfig, MFMViTConfig  # noqa: E402
+from mfm_hub import MFMResNetConfig, MFMSwinConfig, MFMViTConfig  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +19,12 @@ def tiny_vit_config(**overrides) -> MFMViTConfig:
     """A 4-block ViT on 32-px images (patch 4), fast enough for every test."""
     fields = dict(image_size=32, patch_size=4, hidden_size=48, num_hidden_layers=4, num_attention_heads=3)
     return MFMViTConfig(**{**fields, **overrides})
+
+
+def tiny_swin_config(**overrides) -> MFMSwinConfig:
+    """A 4-stage Swin on 64-px images (patch 4, window 2): grids 16, 8, 4, 2."""
+    fields = dict(image_size=64, embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=2)
+    return MFMSwinConfig(**{**fields, **overrides})
 
 
 def tiny_resnet_config(**overrides) -> MFMResNetConfig:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_resnet_config, tiny_vit_config
+from conftest import tiny_resnet_config, tiny_swin_config, tiny_vit_config
 from PIL import Image
 from transformers import (
     AutoBackbone,
@@ -24,6 +24,10 @@ from mfm_hub import (
     MFMResNetForImageClassification,
     MFMResNetForPreTraining,
     MFMResNetModel,
+    MFMSwinBackbone,
+    MFMSwinForImageClassification,
+    MFMSwinForPreTraining,
+    MFMSwinModel,
     MFMViTBackbone,
     MFMViTConfig,
     MFMViTForImageClassification,
@@ -37,6 +41,7 @@ from mfm_hub.evaluation import eval_transform, frozen_features
 FAMILIES = {
     "vit": (tiny_vit_config, MFMViTModel, MFMViTForPreTraining, MFMViTForImageClassification, MFMViTBackbone),
     "resnet": (tiny_resnet_config, MFMResNetModel, MFMResNetForPreTraining, MFMResNetForImageClassification, MFMResNetBackbone),
+    "swin": (tiny_swin_config, MFMSwinModel, MFMSwinForPreTraining, MFMSwinForImageClassification, MFMSwinBackbone),
 }
 
 
@@ -158,13 +163,12 @@ def test_save_load_roundtrip_and_auto_classes(family, tmp_path):
     assert torch.equal(encoder(x).pooler_output, model.base_model(x).pooler_output)
     classifier = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=3)
     assert type(classifier) is classify
-    assert torch.equal(classifier.base_model.encoder.conv1.weight if family == "resnet" else classifier.base_model.encoder.pos_embed,
-                       model.base_model.encoder.conv1.weight if family == "resnet" else model.base_model.encoder.pos_embed)
+    assert torch.equal(next(classifier.base_model.parameters()), next(model.base_model.parameters()))  # the encoder's weights carried over
     assert type(AutoBackbone.from_config(AutoConfig.from_pretrained(tmp_path))) is backbone
     assert type(backbone.from_pretrained(tmp_path)) is backbone
     assert type(backbone_from_pretrained(tmp_path)) is backbone  # AutoBackbone.from_pretrained refuses local folders
     processor = AutoImageProcessor.from_pretrained(tmp_path)
-    side = 64 if family == "resnet" else 32
+    side = model.config.image_size
     assert processor.crop_size == {"height": side, "width": side} and processor.size == {"shortest_edge": int(side / 0.875)}
 
 

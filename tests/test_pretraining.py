@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_config
+from conftest import tiny_resnet_config, tiny_swin_config, tiny_vit_config
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel
@@ -160,8 +160,11 @@ def test_loss_falls_on_a_tiny_dataset(fashion_folder, tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(fashion_folder, tiny_config, tmp_path):
+@pytest.mark.parametrize("family", ["vit", "resnet", "swin"])
+def test_resume_continues_exactly(family, fashion_folder, tmp_path):
     # 24 images / batch 4 = 6 steps per epoch: the run crosses an epoch, resumed mid-epoch
+    tiny_config = tmp_path / "config.json"
+    {"vit": tiny_vit_config, "resnet": tiny_resnet_config, "swin": tiny_swin_config}[family]().to_json_file(tiny_config)
     common = ["--max_steps", "9", "--save_steps", "4", "--save_total_limit", "5"]
     run_pretraining.main(run_args(fashion_folder, tiny_config, tmp_path / "straight", *common))
     interrupted = tmp_path / "interrupted"

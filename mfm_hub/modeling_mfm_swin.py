@@ -1,0 +1,179 @@
+"""MFM Swin Transformer: base model, pre-training model, image classifier and backbone.
+
+The encoder is timm's `SwinTransformer` (patch 4, shifted windows, patch merging between
+stages) without its classifier, held as ``encoder``. As in the official MFM code (SimMIM's
+Swin), pre-training decodes the normed stride-32 map with a 1x1 conv + PixelShuffle(32).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from timm.models.swin_transformer import SwinTransformer, WindowAttention, get_relative_position_index
+from torch import nn
+from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention
+
+from .configuration_mfm import MFMSwinConfig
+from .modeling_common import (
+    MFMForImageClassificationMixin,
+    MFMForPreTrainingMixin,
+    MFMPreTrainedModel,
+    check_pixel_values,
+    default_conv_init,
+    linear_decoder,
+)
+
+
+class MFMSwinPreTrainedModel(MFMPreTrainedModel):
+    config_class = MFMSwinConfig
+    base_model_prefix = "mfm_swin"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SwinTransformerBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """timm's Swin initialisation: truncated normal (std 0.02) for linear layers and the
+        relative position bias tables, unit LayerNorms, PyTorch's conv init for the patch
+        embedding and the MFM decoder. The relative position index is a non-persistent
+        buffer (not in checkpoints), so it is recomputed here for models built on the meta
+        device by `from_pretrained`."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            default_conv_init(module)
+        elif isinstance(module, WindowAttention):
+            init.trunc_normal_(module.relative_position_bias_table, std=self.config.initializer_range)
+            init.copy_(module.relative_position_index, get_relative_position_index(*module.window_size).view(-1).to(
+                module.relative_position_index.device).view_as(module.relative_position_index))
+
+
+def _to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """timm's NHWC stage output -> ``(B, C, H, W)``."""
+    return tokens.permute(0, 3, 1, 2).contiguous()
+
+
+class MFMSwinModel(MFMSwinPreTrainedModel):
+    """The bare MFM Swin encoder.
+
+    Input: normalised ``pixel_values`` ``(B, C, H, W)``, H and W divisible by 32 (timm's
+    dynamic size mode pads grids that the window does not divide and builds the shifted
+    window masks per input).
+    Output: `BaseModelOutputWithPoolingAndNoAttention` with ``last_hidden_state`` the normed
+    stride-32 map ``(B, 8 * embed_dim, H/32, W/32)``, ``pooler_output`` its global average
+    ``(B, 8 * embed_dim)`` and, on request, ``hidden_states``: the patch embedding and the
+    four stages as ``(B, C_i, H_i, W_i)`` maps, matching ``config.stage_names``.
+    """
+
+    def __init__(self, config: MFMSwinConfig):
+        super().__init__(config)
+        self.encoder = SwinTransformer(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.num_channels,
+            num_classes=0,
+            embed_dim=config.embed_dim,
+            depths=tuple(config.depths),
+            num_heads=tuple(config.num_heads),
+            window_size=config.window_size,
+            mlp_ratio=config.mlp_ratio,
+            qkv_bias=config.qkv_bias,
+            drop_path_rate=config.drop_path_rate,
+            dynamic_img_size=True,
+        )
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.patch_embed
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention:
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride")
+        hidden = self.encoder.patch_embed(pixel_values)
+        all_hidden = [_to_map(hidden)]
+        for stage in self.encoder.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden = self._gradient_checkpointing_func(stage, hidden)
+            else:
+                hidden = stage(hidden)
+            all_hidden.append(_to_map(hidden))
+        last = _to_map(self.encoder.norm(hidden))
+        output = BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last,
+            pooler_output=last.mean(dim=(-2, -1)),
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, 8 * embed_dim)``: the global average of the normed last map."""
+        return self(pixel_values).pooler_output
+
+
+class MFMSwinForPreTraining(MFMForPreTrainingMixin, MFMSwinPreTrainedModel):
+    """MFM pre-training of a Swin: the normed stride-32 map -> 1x1 conv -> PixelShuffle(32)
+    (the official ``SwinTransformerForMFM``). See `MFMForPreTrainingMixin.forward`."""
+
+    _new_weight_prefixes = ("decoder.",)
+
+    def __init__(self, config: MFMSwinConfig):
+        super().__init__(config)
+        self.mfm_swin = MFMSwinModel(config)
+        self.decoder = linear_decoder(config.num_features, config.encoder_stride, config.num_channels)
+        self.post_init()
+
+    def encode_feature_map(self, pixel_values, output_hidden_states=None):
+        outputs = self.mfm_swin(pixel_values, output_hidden_states=output_hidden_states)
+        return outputs.last_hidden_state, outputs
+
+
+class MFMSwinForImageClassification(MFMForImageClassificationMixin, MFMSwinPreTrainedModel):
+    """MFM Swin with global average pooling and a linear classifier; see
+    `MFMForImageClassificationMixin.forward`."""
+
+    def __init__(self, config: MFMSwinConfig):
+        super().__init__(config)
+        self.mfm_swin = MFMSwinModel(config)
+        self._add_classifier()
+
+
+class MFMSwinBackbone(BackboneMixin, MFMSwinPreTrainedModel):
+    """MFM Swin as a dense-prediction backbone: the maps of ``out_features`` (strides 4, 8,
+    16, 32 for stage1..4; ``stem`` is the patch embedding at stride 4), UperNet's pyramid."""
+
+    has_attentions = False
+
+    def __init__(self, config: MFMSwinConfig):
+        super().__init__(config)
+        self.mfm_swin = MFMSwinModel(config)
+        self.num_features = config.stage_channels
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> BackboneOutput:
+        outputs = self.mfm_swin(pixel_values, output_hidden_states=True)
+        feature_maps = tuple(hidden for stage, hidden in zip(self.stage_names, outputs.hidden_states) if stage in self.out_features)
+        output = BackboneOutput(feature_maps=feature_maps, hidden_states=outputs.hidden_states if output_hidden_states else None)
+        return output if return_dict is not False else output.to_tuple()
+
+
+__all__ = ["MFMSwinBackbone", "MFMSwinForImageClassification", "MFMSwinForPreTraining", "MFMSwinModel", "MFMSwinPreTrainedModel"]
