@@ -25,15 +25,12 @@ import torch
 
 from .arguments import guard_output_dir
 from .configuration_mfm import PRESETS, config_from_preset
+from .families import family_of
 from .model_card import write_model_card
-from .modeling_mfm_resnet import (
-    MFMResNetForImageClassification,
-    MFMResNetForPreTraining,
-)
-from .modeling_mfm_vit import MFMViTForImageClassification, MFMViTForPreTraining
 
 #: Short names of the released architectures.
-ARCH_ALIASES = {"vit-base": "vit-base-patch16-224", "vit-small": "vit-small-patch16-224", "resnet50": "resnet50"}
+ARCH_ALIASES = {"vit-base": "vit-base-patch16-224", "vit-small": "vit-small-patch16-224", "resnet50": "resnet50",
+                "swin-base": "swin-base-patch4-window7-224"}
 
 OFFICIAL_LICENSE = "S-Lab License 1.0 (non-commercial use only), inherited from the official MFM release"
 
@@ -77,33 +74,31 @@ def _target_for(state_dict: dict[str, torch.Tensor], arch: str, image_size: Opti
     if preset not in PRESETS:
         raise KeyError(f"Unknown --arch {arch!r}; choose one of {sorted({*ARCH_ALIASES, *PRESETS})}.")
     overrides = {"image_size": image_size} if image_size else {}
-    is_vit = preset.startswith("vit")
-    pretrained = any(key.startswith("encoder.") for key in state_dict)
-    if pretrained:
-        config = config_from_preset(preset, **overrides)
-        return (MFMViTForPreTraining if is_vit else MFMResNetForPreTraining)(config)
-    head = "head.weight" if is_vit else "fc.weight"
+    family = family_of(config_from_preset(preset, **overrides))
+    if any(key.startswith("encoder.") for key in state_dict):
+        return family.for_pretraining(config_from_preset(preset, **overrides))
+    head = f"{family.model.official_classifier}.weight"
     if head not in state_dict:
         raise ValueError(f"A fine-tuned checkpoint needs '{head}'; found neither it nor 'encoder.*' keys.")
-    labels = {"num_labels": state_dict[head].shape[0]}
-    if is_vit:
-        config = config_from_preset(preset, use_mean_pooling="fc_norm.weight" in state_dict, **labels, **overrides)
-        return MFMViTForImageClassification(config)
-    return MFMResNetForImageClassification(config_from_preset(preset, **labels, **overrides))
+    fields = {"num_labels": state_dict[head].shape[0], **family.model.official_config_fields(state_dict), **overrides}
+    return family.for_image_classification(config_from_preset(preset, **fields))
 
 
 def rename_official_keys(state_dict: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
-    """Official key -> our key: the encoder moves under ``<base>.encoder.``, the decoder keeps
-    ``decoder.0.``, the classifier (``head`` / ``fc``) becomes ``classifier``."""
+    """Official key -> our key: the encoder moves under ``<base>.encoder.`` (in the family's
+    encoder layout, `official_encoder_keys`), the decoder keeps ``decoder.0.``, the classifier
+    becomes ``classifier``."""
     base = model.base_model_prefix
-    renamed = {}
+    classifier = f"{model.base_model.official_classifier}."
+    renamed, encoder = {}, {}
     for key, value in state_dict.items():
         if key.startswith("decoder."):
             renamed[key] = value
-        elif key.startswith(("head.", "fc.")):
+        elif key.startswith(classifier):
             renamed["classifier." + key.split(".", 1)[1]] = value
         else:
-            renamed[f"{base}.encoder.{key.removeprefix('encoder.')}"] = value
+            encoder[key.removeprefix("encoder.")] = value
+    renamed.update({f"{base}.encoder.{key}": value for key, value in model.base_model.official_encoder_keys(encoder).items()})
     return renamed
 
 
@@ -139,7 +134,7 @@ def matching_architectures(state_dict: dict[str, torch.Tensor]) -> list[str]:
     for preset in PRESETS:
         with torch.device("meta"):
             try:
-                model = _target_for(state_dict, preset, image_size if preset.startswith("vit") else None)
+                model = _target_for(state_dict, preset, image_size)
             except ValueError:
                 continue
         if _differences(state_dict, model) is None:

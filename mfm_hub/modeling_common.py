@@ -178,6 +178,18 @@ class MFMPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _new_weight_prefixes: tuple[str, ...] = ()
+    #: name of the classifier in the official fine-tuned files (`mfm_hub.convert_official`)
+    official_classifier = "head"
+
+    def official_encoder_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An official release's encoder weights (``encoder.`` prefix removed) in this
+        family's ``encoder`` layout; the same for families built on the official modules."""
+        return state_dict
+
+    @staticmethod
+    def official_config_fields(state_dict: dict[str, torch.Tensor]) -> dict:
+        """Config fields that a fine-tuned official file's keys imply."""
+        return {}
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

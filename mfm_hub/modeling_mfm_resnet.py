@@ -32,6 +32,7 @@ from .modeling_common import (
 class MFMResNetPreTrainedModel(MFMPreTrainedModel):
     config_class = MFMResNetConfig
     base_model_prefix = "mfm_resnet"
+    official_classifier = "fc"  # timm's ResNet classifier, which the official ResNet fine-tuning used
     supports_gradient_checkpointing = True
     _no_split_modules = ["Bottleneck", "BasicBlock"]
 

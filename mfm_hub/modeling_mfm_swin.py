@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from timm.models.swin_transformer import SwinTransformer, WindowAttention, get_relative_position_index
+from timm.models.swin_transformer import SwinTransformer, WindowAttention, checkpoint_filter_fn, get_relative_position_index
 from torch import nn
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
@@ -122,6 +122,12 @@ class MFMSwinModel(MFMSwinPreTrainedModel):
     def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, 8 * embed_dim)``: the global average of the normed last map."""
         return self(pixel_values).pooler_output
+
+    def official_encoder_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The official code's Swin (Microsoft's original) merges patches at the *end* of a
+        stage and stores its index / mask buffers; timm merges at the start of the next stage
+        and recomputes the buffers. timm's own converter for original Swin weights does this."""
+        return checkpoint_filter_fn(state_dict, self.encoder)
 
 
 class MFMSwinForPreTraining(MFMForPreTrainingMixin, MFMSwinPreTrainedModel):

@@ -71,6 +71,11 @@ class MFMViTPreTrainedModel(MFMPreTrainedModel):
                         weight.div_(math.sqrt(2.0 * layer_id))
 
 
+    @staticmethod
+    def official_config_fields(state_dict: dict[str, torch.Tensor]) -> dict:
+        """An official fine-tuned ViT with ``fc_norm`` used the mean-pooling head."""
+        return {"use_mean_pooling": "fc_norm.weight" in state_dict}
+
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter grouping (used by its layer-wise lr decay helpers), as the official
         fine-tuning assigns layers: the embeddings are layer 0, block ``i`` is layer ``i + 1``,

@@ -209,3 +209,145 @@ def test_command_line(tmp_path):
     assert isinstance(MFMViTModel.from_pretrained(tmp_path / "out"), MFMViTModel)
     help_text = subprocess.run([sys.executable, "-m", "mfm_hub.convert_official", "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "--push-to-hub" in help_text.stdout
+
+
+# --------------------------------------------------------------------------------------
+# Swin: the official code uses Microsoft's original Swin (patch merging at the end of a
+# stage, index and mask buffers in the state dict); a transcription of its forward below
+# --------------------------------------------------------------------------------------
+
+
+def window_partition(x, window):  # (B, H, W, C) -> (B * nW, window * window, C)
+    B, H, W, C = x.shape
+    x = x.view(B, H // window, window, W // window, window, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window * window, C)
+
+
+def window_reverse(windows, window, H, W):
+    B = windows.shape[0] // (H * W // window**2)
+    x = windows.view(B, H // window, W // window, window, window, -1).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, H, W, -1)
+
+
+class OfficialWindowAttention(nn.Module):
+    def __init__(self, dim, window, heads):
+        super().__init__()
+        self.window, self.heads, self.scale = window, heads, (dim // heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+        self.register_buffer("relative_position_index", relative[..., 0] * (2 * window - 1) + relative[..., 1])
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, mask=None):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1).permute(2, 0, 1)
+        attn = attn + bias.unsqueeze(0)
+        if mask is not None:
+            attn = attn.view(B // mask.shape[0], mask.shape[0], self.heads, N, N) + mask[None, :, None]
+            attn = attn.view(-1, self.heads, N, N)
+        return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+
+
+class OfficialSwinBlock(nn.Module):
+    def __init__(self, dim, resolution, heads, window, shift):
+        super().__init__()
+        if min(resolution) <= window:  # the original's rule: one window, no shift
+            window, shift = min(resolution), 0
+        self.resolution, self.window, self.shift = resolution, window, shift
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = OfficialWindowAttention(dim, window, heads)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Linear(dim, 4 * dim))
+        self.mlp.add_module("act", nn.GELU())
+        self.mlp.add_module("fc2", nn.Linear(4 * dim, dim))
+        mask = None
+        if shift:
+            H, W = resolution
+            regions = torch.zeros(1, H, W, 1)
+            spans = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+            for n, (h, w) in enumerate((h, w) for h in spans for w in spans):
+                regions[:, h, w, :] = n
+            ids = window_partition(regions, window).squeeze(-1)
+            mask = (ids[:, None, :] - ids[:, :, None]).ne(0).float() * -100.0
+        self.register_buffer("attn_mask", mask)
+
+    def forward(self, x):
+        H, W = self.resolution
+        B, L, C = x.shape
+        shortcut = x
+        x = self.norm1(x).view(B, H, W, C)
+        if self.shift:
+            x = torch.roll(x, (-self.shift, -self.shift), dims=(1, 2))
+        x = window_reverse(self.attn(window_partition(x, self.window), self.attn_mask), self.window, H, W)
+        if self.shift:
+            x = torch.roll(x, (self.shift, self.shift), dims=(1, 2))
+        x = shortcut + x.reshape(B, L, C)
+        return x + self.mlp(self.norm2(x))
+
+
+class OfficialPatchMerging(nn.Module):
+    def __init__(self, dim, resolution):
+        super().__init__()
+        self.resolution = resolution
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x):
+        H, W = self.resolution
+        x = x.view(x.shape[0], H, W, -1)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x.view(x.shape[0], -1, x.shape[-1])))
+
+
+class OfficialSwin(nn.Module):
+    def __init__(self, image_size, embed_dim, depths, heads, window, patch=4):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, embed_dim, patch, patch)
+        self.patch_embed.norm = nn.LayerNorm(embed_dim)
+        self.layers = nn.ModuleList()
+        grid = image_size // patch
+        for i, (depth, h) in enumerate(zip(depths, heads)):
+            dim, resolution = embed_dim * 2**i, (grid // 2**i, grid // 2**i)
+            stage = nn.Module()
+            stage.blocks = nn.ModuleList(OfficialSwinBlock(dim, resolution, h, window, 0 if j % 2 == 0 else window // 2) for j in range(depth))
+            stage.downsample = OfficialPatchMerging(dim, resolution) if i < len(depths) - 1 else None
+            self.layers.append(stage)
+        self.num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.norm = nn.LayerNorm(self.num_features)
+
+    def forward_features(self, x):
+        x = self.patch_embed.norm(self.patch_embed.proj(x).flatten(2).transpose(1, 2))
+        for stage in self.layers:
+            for block in stage.blocks:
+                x = block(x)
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        x = self.norm(x)
+        side = int(x.shape[1] ** 0.5)
+        return x.transpose(1, 2).reshape(x.shape[0], -1, side, side)
+
+
+def test_swin_pretrained_checkpoint_parity(tmp_path):
+    from mfm_hub import MFMSwinForPreTraining
+
+    encoder = OfficialSwin(224, 96, (2, 2, 6, 2), (3, 6, 12, 24), window=7)  # swin-tiny-patch4-window7-224
+    reference = OfficialStyleMFM(encoder, stride=32, features=768)  # encodes with forward_features: the normed stride-32 map
+    randomize_(reference)
+    reference.eval()
+    save_like_the_release(reference.state_dict(), tmp_path / "mfm_swin.pth")
+    assert any(key.endswith("attn_mask") for key in reference.state_dict())  # buffers the release stores
+    convert(tmp_path / "mfm_swin.pth", "swin-tiny-patch4-window7-224", tmp_path / "hf")
+    ours = MFMSwinForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    x, mask = torch.rand(2, 3, 224, 224), random_masks(2, 224)
+    with torch.no_grad():
+        ref_features, ref_rec, ref_loss = reference(x, mask)
+        out = ours(x, frequency_mask=mask)
+        features = ours.mfm_swin((out.corrupted_pixel_values - MEAN) / STD).last_hidden_state
+    assert torch.allclose(features, ref_features, atol=TOLERANCE * ref_features.abs().max())
+    assert torch.allclose(out.reconstruction, ref_rec, atol=TOLERANCE * ref_rec.abs().max())
+    assert abs(out.loss.item() - ref_loss.item()) < TOLERANCE * abs(ref_loss.item())
