@@ -123,6 +123,15 @@ class DatasetReference:
     hub_id: Optional[str]
 
 
+def first_examples(dataset, limit: Optional[int]):
+    """The first ``limit`` examples (``--max_*_samples``), all of them for ``None``; streams are cut lazily."""
+    if limit is None:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(limit)
+    return dataset.select(range(min(len(dataset), limit)))
+
+
 def dataset_reference(dataset_name: Optional[str], data_dir: Optional[str]) -> DatasetReference:
     """The model-card reference of the data a script read: a Hub dataset, a local image
     folder (by its folder name only) or the embedded Fashion-MNIST."""
@@ -321,6 +330,7 @@ __all__ = [
     "BadImageError",
     "DatasetReference",
     "dataset_reference",
+    "first_examples",
     "FASHION_MNIST_LABELS",
     "PretrainingImages",
     "StreamingPretrainingImages",

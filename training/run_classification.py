@@ -37,7 +37,7 @@ import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least, resolve_learning_rate, setup_logging
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
-from mfm_hub.data import dataset_reference, decode_image
+from mfm_hub.data import dataset_reference, decode_image, first_examples
 from mfm_hub.visualization import logged_series, plot_confusion_matrix, plot_validation_curve
 
 logger = logging.getLogger("run_classification")
@@ -234,8 +234,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if test_names != class_names:
         raise ValueError(f"Training classes {class_names} differ from evaluation classes {test_names}.")
     train = subset_for_training(train, data_args, data_args.label_column, args.seed)
-    if data_args.max_eval_samples is not None:
-        test = test.select(range(min(len(test), data_args.max_eval_samples)))
+    test = first_examples(test, data_args.max_eval_samples)
 
     check = evaluation.labelled_image_check(image_column, data_args.label_column, len(class_names))
     evaluation.validate_examples(train, check, "training images")

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import guard_output_dir, require, require_at_least
-from mfm_hub.data import dataset_reference, decode_image
+from mfm_hub.data import dataset_reference, decode_image, first_examples
 from mfm_hub.visualization import plot_episodes
 
 
@@ -122,8 +122,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
     dataset, image_column, class_names = evaluation.load_labelled_split(args.split, args.data_dir, args.dataset_name, label_column=args.label_column)
-    if args.max_samples is not None:
-        dataset = dataset.select(range(min(len(dataset), args.max_samples)))
+    dataset = first_examples(dataset, args.max_samples)
     model = evaluation.load_encoder(args.model).eval()
     features = extract_features(model, dataset, image_column, args.batch_size, args.crop_pct)
     labels = np.asarray(dataset[args.label_column])

@@ -315,8 +315,7 @@ def build_dataset(data_args: DataArguments, image_size: int, seed: int, two_view
         data_args.train_dir, data_args.dataset_name, data_args.dataset_config_name,
         streaming=data_args.streaming, image_column=data_args.image_column,
     )
-    if data_args.max_train_samples is not None:
-        dataset = dataset.take(data_args.max_train_samples) if data_args.streaming else dataset.select(range(min(len(dataset), data_args.max_train_samples)))
+    dataset = mfm_data.first_examples(dataset, data_args.max_train_samples)
     transform = mfm_data.pretraining_transform(image_size, data_args.min_crop_scale, color_jitter=two_views)
     wrapper = mfm_data.StreamingPretrainingImages if data_args.streaming else mfm_data.PretrainingImages
     return wrapper(dataset, column, transform, seed, num_views=2 if two_views else 1, strict=data_args.strict_data), dataset, column

@@ -29,7 +29,7 @@ from transformers import AutoModelForImageClassification
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import guard_output_dir, require, require_at_least
-from mfm_hub.data import DatasetReference, dataset_reference, decode_image
+from mfm_hub.data import DatasetReference, dataset_reference, decode_image, first_examples
 from mfm_hub.modeling_common import normalize
 from mfm_hub.visualization import plot_errors
 
@@ -93,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         raise ValueError(f"Unknown corruptions {unknown}; choose from {get_corruption_names('all')}.")
 
     dataset, image_column, class_names = evaluation.load_labelled_split(args.split, args.data_dir, args.dataset_name, label_column=args.label_column)
-    dataset = dataset.select(range(min(len(dataset), args.max_eval_samples)))
+    dataset = first_examples(dataset, args.max_eval_samples)
     models = {name: AutoModelForImageClassification.from_pretrained(path).eval() for name, path in (("model", args.model), ("baseline", args.baseline))}
     for name, model in models.items():
         evaluation.check_head_matches(model.config.num_labels, class_names, what=f"the {name}'s classifier")

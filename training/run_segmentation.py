@@ -34,7 +34,7 @@ import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least, setup_logging
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
-from mfm_hub.data import IMAGE_EXTENSIONS, dataset_reference, decode_image
+from mfm_hub.data import IMAGE_EXTENSIONS, dataset_reference, decode_image, first_examples
 from mfm_hub.image_processing import segmentation_image_processor
 from mfm_hub.modeling_common import normalize
 from mfm_hub.visualization import plot_overlays
@@ -213,10 +213,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     setup_logging(args)
     set_seed(args.seed)
     train, test = load_split(data_args, data_args.train_split), load_split(data_args, data_args.eval_split)
-    if data_args.max_train_samples:
-        train = train.select(range(min(len(train), data_args.max_train_samples)))
-    if data_args.max_eval_samples:
-        test = test.select(range(min(len(test), data_args.max_eval_samples)))
+    train, test = first_examples(train, data_args.max_train_samples), first_examples(test, data_args.max_eval_samples)
     for split, what in ((train, "training images"), (test, "evaluation images")):
         evaluation.validate_examples(split, lambda example: read_pair(example, model_args.num_labels, model_args.ignore_index), what)
     model = build_model(model_args)
