@@ -110,7 +110,7 @@ def pretraining_arguments(method: str, seed: int, steps: int, args, train_dir: P
             "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.pretrain_learning_rate),
             "--warmup_steps", "0.05", "--save_strategy", "steps", "--save_steps", str(save_every), "--save_total_limit", "1",
             "--logging_steps", str(max(1, steps // 100)), "--report_to", "none", "--disable_tqdm", "true",
-            "--dataloader_num_workers", str(args.dataloader_num_workers), "--num_figure_images", "8", *folk]
+            "--dataloader_num_workers", str(args.dataloader_num_workers), "--num_figure_images", "8", *folk, *args.pretraining_flags]
 
 
 def calibrate(method: str, args, train_dir: Path, results: Results) -> float:
@@ -222,6 +222,14 @@ def summarise(args, results: Results, methods: list[str]) -> dict:
     return summary
 
 
+def cell(entry: dict | None) -> str:
+    """``mean ± sd`` over seeds in %, ``mean (1 seed)`` before a second seed has run, ``-`` before any."""
+    if entry is None:
+        return "-"
+    spread = f" ± {100 * entry['sd']:.1f}" if entry["seeds"] > 1 else " (1 seed)"
+    return f"{100 * entry['mean']:.1f}{spread}"
+
+
 def write_outputs(args, results: Results, methods: list[str], steps: dict[str, int]) -> None:
     out = Path(args.output_dir)
     summary = summarise(args, results, methods)
@@ -231,8 +239,7 @@ def write_outputs(args, results: Results, methods: list[str], steps: dict[str, i
     lines = [header, "|---" * (len(PROTOCOLS) + 2) + "|"]
     for method in methods:
         epochs = steps.get(method, 0) * args.batch_size / args.train_images
-        cells = [f"{100 * summary[method][p]['mean']:.1f} ± {100 * summary[method][p]['sd']:.1f}" if p in summary[method] else "-"
-                 for p in PROTOCOLS]
+        cells = [cell(summary[method].get(p)) for p in PROTOCOLS]
         lines.append(f"| {method} | {steps.get(method, 0)} steps, {epochs:.1f} epochs | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
@@ -281,6 +288,9 @@ def parse_arguments(argv=None):
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--dataloader_num_workers", type=int, default=1)
     parser.add_argument("--report_only", action="store_true", help="only rewrite table.md and benchmark.png from results.json")
+    parser.add_argument("--pretraining_flags", nargs=argparse.REMAINDER, default=[],
+                        help="last: run_pretraining.py flags for every pre-trained method (a recipe variant, e.g. --mask_radius 32); "
+                             "use a new --output_dir per variant")
     args = parser.parse_args(argv)
     require(args.budget_minutes > 0, "--budget_minutes", args.budget_minutes, "> 0")
     require_at_least(args, 1, "pretrain_steps", "calibration_steps", "batch_size", "fine_tune_batch_size", "episodes")
@@ -297,6 +307,8 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / "results.json")
     settings = {k: v for k, v in vars(args).items() if k not in ("fine_tune_epochs", "output_dir", "train_images", "report_only")}
+    if not args.pretraining_flags:
+        del settings["pretraining_flags"]  # the default recipe: benchmark folders written before this option stay valid
     if results.data.setdefault("settings", settings) != settings:
         raise ValueError(f"{out} holds a benchmark run with other settings ({results.data['settings']}); "
                          f"use another --output_dir to run with {settings}.")
