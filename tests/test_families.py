@@ -63,7 +63,8 @@ def test_one_registry_entry_makes_a_family_loadable_everywhere(toy_family, tmp_p
 
 
 def test_built_in_families_and_unknown_types():
-    assert {name: family.model.__name__ for name, family in FAMILIES.items()} == {"mfm_vit": "MFMViTModel", "mfm_resnet": "MFMResNetModel"}
+    assert {name: family.model.__name__ for name, family in FAMILIES.items()} == {
+        "mfm_vit": "MFMViTModel", "mfm_resnet": "MFMResNetModel", "mfm_swin": "MFMSwinModel"}
     with pytest.raises(ValueError, match="No registered model family for model_type 'upernet'"):
         family_of(type("Config", (), {"model_type": "upernet"})())
 
