@@ -12,6 +12,7 @@ from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageC
 
 import mfm_hub
 from mfm_hub import FAMILIES, ModelFamily, family_of, register_family
+from mfm_hub.evaluation import frozen_features
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def test_one_registry_entry_makes_a_family_loadable_everywhere(toy_family, tmp_p
     assert type(AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=2)) is ToyForImageClassification
     assert type(AutoBackbone.from_config(config)) is ToyBackbone
     assert family_of(config).folk is ToyFOLK
-    features = mfm_hub.evaluation.frozen_features(ToyModel(config).eval(), torch.rand(2, 3, 32, 32))
+    features = frozen_features(ToyModel(config).eval(), torch.rand(2, 3, 32, 32))
     assert features.shape == (2, config.hidden_size)
 
 
