@@ -76,8 +76,6 @@ def method_flags(method: str) -> list[str]:
     return ["--objective", "folk"] if method == "folk" else ["--method", method]
 
 
-
-
 @dataclass
 class ModelArguments:
     model: str = field(default="vit-tiny-patch4-32", metadata={"help": f"a preset ({', '.join(sorted(PRESETS))}), a config.json, or a checkpoint folder to continue from"})
