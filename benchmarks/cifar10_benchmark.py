@@ -160,7 +160,8 @@ def frozen_features(encoder: Path, split_dir: Path, cache: Path, args) -> dict[s
     model = evaluation.load_encoder(str(encoder)).eval()
     features = run_few_shot.extract_features(model, dataset, column, batch_size=256, crop_pct=1.0)
     tensors = {"features": features.contiguous(), "labels": torch.tensor(dataset["label"])}
-    safetensors.torch.save_file(tensors, cache)
+    safetensors.torch.save_file(tensors, cache.with_suffix(".tmp"))
+    cache.with_suffix(".tmp").replace(cache)  # a run cut off mid-write never leaves a half file to load
     return tensors
 
 
