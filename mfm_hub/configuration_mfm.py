@@ -137,6 +137,15 @@ class MFMConfigBase(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
 
+    def _set_four_stage_outputs(self, kwargs: dict) -> None:
+        """Stage names ``stem, stage1..4`` and the backbone outputs (``out_features`` /
+        ``out_indices`` from ``kwargs``; default: the four stages, UperNet's pyramid)."""
+        self.stage_names = ["stem", "stage1", "stage2", "stage3", "stage4"]
+        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
+        if out_indices is None and out_features is None:
+            out_features = ["stage1", "stage2", "stage3", "stage4"]
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+
     @property
     def loss_target(self) -> str:
         """The reconstruction target in force: ``reconstruction_target``, or by default
@@ -269,11 +278,7 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
         _check(self.block_type in ("basic", "bottleneck"), f"`block_type` must be 'basic' or 'bottleneck', got {self.block_type!r}.")
         _check(len(self.layers) == 4 and all(n >= 1 for n in self.layers), f"`layers` must be 4 positive ints, got {list(self.layers)!r}.")
         _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
-        self.stage_names = ["stem", "stage1", "stage2", "stage3", "stage4"]
-        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
-        if out_indices is None and out_features is None:
-            out_features = ["stage1", "stage2", "stage3", "stage4"]
-        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        self._set_four_stage_outputs(kwargs)
         super().__post_init__(**kwargs)
 
     @property
@@ -333,11 +338,7 @@ class MFMSwinConfig(BackboneConfigMixin, MFMConfigBase):
             _check(grid == int(grid) and int(grid) % self.window_size == 0,
                    f"`image_size` {self.image_size} gives a {grid:g}-token grid at stage {stage + 1}, not divisible by `window_size` {self.window_size}.")
         _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
-        self.stage_names = ["stem", "stage1", "stage2", "stage3", "stage4"]
-        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
-        if out_indices is None and out_features is None:
-            out_features = ["stage1", "stage2", "stage3", "stage4"]
-        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        self._set_four_stage_outputs(kwargs)
         super().__post_init__(**kwargs)
 
     @property

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .frequency import apply_frequency_mask, frequency_distance, masked_frequency_loss
@@ -280,6 +280,23 @@ class MFMForPreTrainingMixin:
         reconstruction = self.decoder(features)
         loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), corruption.frequency_mask, self.config)
         return Reconstruction(loss, reconstruction, corruption, encoded)
+
+
+class MFMStageBackboneMixin:
+    """Backbone forward for families whose base model returns one map per stage as
+    ``hidden_states`` (matching ``config.stage_names``): the maps of ``out_features``."""
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> BackboneOutput:
+        outputs = self.base_model(pixel_values, output_hidden_states=True)
+        feature_maps = tuple(hidden for stage, hidden in zip(self.stage_names, outputs.hidden_states) if stage in self.out_features)
+        output = BackboneOutput(feature_maps=feature_maps, hidden_states=outputs.hidden_states if output_hidden_states else None)
+        return output if return_dict is not False else output.to_tuple()
 
 
 class MFMForImageClassificationMixin:

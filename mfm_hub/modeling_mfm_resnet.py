@@ -14,7 +14,6 @@ from torch import nn
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
-    BackboneOutput,
     BaseModelOutputWithPoolingAndNoAttention,
 )
 
@@ -23,6 +22,7 @@ from .modeling_common import (
     MFMForImageClassificationMixin,
     MFMForPreTrainingMixin,
     MFMPreTrainedModel,
+    MFMStageBackboneMixin,
     check_pixel_values,
     default_conv_init,
     linear_decoder,
@@ -163,7 +163,7 @@ class MFMResNetForImageClassification(MFMForImageClassificationMixin, MFMResNetP
         self._add_classifier()
 
 
-class MFMResNetBackbone(BackboneMixin, MFMResNetPreTrainedModel):
+class MFMResNetBackbone(MFMStageBackboneMixin, BackboneMixin, MFMResNetPreTrainedModel):
     """MFM ResNet as a dense-prediction backbone: the maps of ``out_features`` (strides 4,
     4, 8, 16, 32 for stem, stage1..4)."""
 
@@ -174,23 +174,6 @@ class MFMResNetBackbone(BackboneMixin, MFMResNetPreTrainedModel):
         self.mfm_resnet = MFMResNetModel(config)
         self.num_features = config.stage_channels
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        **kwargs,
-    ) -> BackboneOutput:
-        outputs = self.mfm_resnet(pixel_values, output_hidden_states=True)
-        feature_maps = tuple(
-            hidden for stage, hidden in zip(self.stage_names, outputs.hidden_states) if stage in self.out_features
-        )
-        output = BackboneOutput(
-            feature_maps=feature_maps,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-        )
-        return output if return_dict is not False else output.to_tuple()
 
 
 __all__ = [

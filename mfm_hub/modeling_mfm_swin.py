@@ -14,13 +14,14 @@ from timm.models.swin_transformer import SwinTransformer, WindowAttention, check
 from torch import nn
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
-from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .configuration_mfm import MFMSwinConfig
 from .modeling_common import (
     MFMForImageClassificationMixin,
     MFMForPreTrainingMixin,
     MFMPreTrainedModel,
+    MFMStageBackboneMixin,
     check_pixel_values,
     default_conv_init,
     linear_decoder,
@@ -157,7 +158,7 @@ class MFMSwinForImageClassification(MFMForImageClassificationMixin, MFMSwinPreTr
         self._add_classifier()
 
 
-class MFMSwinBackbone(BackboneMixin, MFMSwinPreTrainedModel):
+class MFMSwinBackbone(MFMStageBackboneMixin, BackboneMixin, MFMSwinPreTrainedModel):
     """MFM Swin as a dense-prediction backbone: the maps of ``out_features`` (strides 4, 8,
     16, 32 for stage1..4; ``stem`` is the patch embedding at stride 4), UperNet's pyramid."""
 
@@ -168,18 +169,6 @@ class MFMSwinBackbone(BackboneMixin, MFMSwinPreTrainedModel):
         self.mfm_swin = MFMSwinModel(config)
         self.num_features = config.stage_channels
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        **kwargs,
-    ) -> BackboneOutput:
-        outputs = self.mfm_swin(pixel_values, output_hidden_states=True)
-        feature_maps = tuple(hidden for stage, hidden in zip(self.stage_names, outputs.hidden_states) if stage in self.out_features)
-        output = BackboneOutput(feature_maps=feature_maps, hidden_states=outputs.hidden_states if output_hidden_states else None)
-        return output if return_dict is not False else output.to_tuple()
 
 
 __all__ = ["MFMSwinBackbone", "MFMSwinForImageClassification", "MFMSwinForPreTraining", "MFMSwinModel", "MFMSwinPreTrainedModel"]
