@@ -262,7 +262,7 @@ def write_outputs(args, results: Results, methods: list[str], steps: dict[str, i
         points = [(results.get(f"{method}/seed{s}/pretraining") or {}).get("wall_s", np.nan) for s in args.seeds]
         accuracy = [(results.get(f"{method}/seed{s}/knn") or {}).get("top1", np.nan) for s in args.seeds]
         knn.scatter(np.array(points) / 60, accuracy, label=method)
-    knn.set_xlabel("pre-training wall time (min, measured; includes other load on the machine)")
+    knn.set_xlabel("pre-training wall time (min, measured)")
     knn.set_ylabel("kNN top-1")
     knn.grid(alpha=0.3)
     knn.legend(fontsize=7)
