@@ -1,21 +1,16 @@
-"""Configurations of the MFM / FOLK ViT and ResNet models, and the named presets."""
+"""Configurations of the MFM / FOLK ViT, ResNet and Swin models, and the named presets."""
 
 from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
+from .pretext import PRETEXT_TASKS, get_pretext_task
+from .pretext import check as _check
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-from .pretext import PRETEXT_TASKS, get_pretext_task
-
 RECONSTRUCTION_TARGETS = ("masked", "all")
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 class MFMConfigBase(PreTrainedConfig):

@@ -57,6 +57,19 @@ def register_family(family: ModelFamily) -> ModelFamily:
     return family
 
 
+def saved_model_class(source) -> type:
+    """The registered class a checkpoint folder / Hub id was saved as (its config's
+    ``architectures`` entry), e.g. ``MFMViTForPreTraining`` for a converted pre-training file."""
+    config = AutoConfig.from_pretrained(source)
+    family = family_of(config)
+    classes = {cls.__name__: cls for cls in (family.model, family.for_pretraining, family.for_image_classification, family.backbone,
+                                             family.folk)}
+    saved = (config.architectures or [family.model.__name__])[0]
+    if saved not in classes:
+        raise ValueError(f"{source} was saved as {saved!r}, not one of the {family.model_type} classes {sorted(classes)}.")
+    return classes[saved]
+
+
 def family_of(config) -> ModelFamily:
     if config.model_type not in FAMILIES:
         raise ValueError(f"No registered model family for model_type {config.model_type!r}; registered: {', '.join(FAMILIES)}.")
@@ -70,4 +83,4 @@ register_family(ModelFamily(MFMResNetConfig, MFMResNetModel, MFMResNetForPreTrai
 register_family(ModelFamily(MFMSwinConfig, MFMSwinModel, MFMSwinForPreTraining, MFMSwinForImageClassification, MFMSwinBackbone,
                             FOLKSwinForPreTraining))
 
-__all__ = ["FAMILIES", "ModelFamily", "family_of", "register_family"]
+__all__ = ["FAMILIES", "ModelFamily", "family_of", "register_family", "saved_model_class"]

@@ -75,41 +75,42 @@ def get_pretext_task(name: str) -> PretextTask:
     return PRETEXT_TASKS[name]
 
 
-def _require(condition: bool, message: str) -> None:
+def check(condition: bool, message: str) -> None:
+    """The `ValueError` every config-value check raises (the configs' own checks use it too)."""
     if not condition:
         raise ValueError(message)
 
 
 def _check_probability(config, name: str) -> None:
     value = getattr(config, name)
-    _require(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, f"`{name}` must be a probability in [0, 1], got {value!r}.")
+    check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, f"`{name}` must be a probability in [0, 1], got {value!r}.")
 
 
 def _check_circle(config) -> None:
-    _require(config.mask_radius > 0, f"`mask_radius` must be > 0, got {config.mask_radius!r}.")
-    _require(config.mask_radius_outer > config.mask_radius,
+    check(config.mask_radius > 0, f"`mask_radius` must be > 0, got {config.mask_radius!r}.")
+    check(config.mask_radius_outer > config.mask_radius,
              f"`mask_radius_outer` must exceed `mask_radius`, got {config.mask_radius_outer!r} <= {config.mask_radius!r}.")
     _check_probability(config, "low_pass_prob")
 
 
 def _check_informed(config) -> None:
-    _require(len(config.informed_keep_ratios) > 0 and all(0.0 < q < 1.0 for q in config.informed_keep_ratios),
+    check(len(config.informed_keep_ratios) > 0 and all(0.0 < q < 1.0 for q in config.informed_keep_ratios),
              f"`informed_keep_ratios` must be fractions in (0, 1), got {list(config.informed_keep_ratios)!r}.")
     _check_probability(config, "compress_prob")
 
 
 def _check_sr(config) -> None:
-    _require(isinstance(config.sr_factor, int) and config.sr_factor >= 2, f"`sr_factor` must be an int >= 2, got {config.sr_factor!r}.")
+    check(isinstance(config.sr_factor, int) and config.sr_factor >= 2, f"`sr_factor` must be an int >= 2, got {config.sr_factor!r}.")
 
 
 def _check_blur(config) -> None:
-    _require(config.blur_sigma > 0, f"`blur_sigma` must be > 0, got {config.blur_sigma!r}.")
-    _require(len(config.blur_kernel_sizes) > 0 and all(k % 2 == 1 and k > 0 for k in config.blur_kernel_sizes),
+    check(config.blur_sigma > 0, f"`blur_sigma` must be > 0, got {config.blur_sigma!r}.")
+    check(len(config.blur_kernel_sizes) > 0 and all(k % 2 == 1 and k > 0 for k in config.blur_kernel_sizes),
              f"`blur_kernel_sizes` must be odd positive ints, got {list(config.blur_kernel_sizes)!r}.")
 
 
 def _check_noise(config) -> None:
-    _require(config.noise_sigma > 0, f"`noise_sigma` must be > 0, got {config.noise_sigma!r}.")
+    check(config.noise_sigma > 0, f"`noise_sigma` must be > 0, got {config.noise_sigma!r}.")
 
 
 register_pretext_task(PretextTask(

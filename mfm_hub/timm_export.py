@@ -19,22 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from importlib import import_module
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .arguments import guard_output_dir
+from .families import saved_model_class
 from .image_processing import EVAL_CROP_PCT
-
-
-def load_mfm_model(source: str | Path):
-    """The model a checkpoint folder / Hub id was saved as (its ``architectures`` entry)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(source)
-    return getattr(import_module("mfm_hub"), config.architectures[0]).from_pretrained(source).eval()
 
 
 def to_timm(model):
@@ -62,7 +54,7 @@ def export_to_timm(source, output: str | Path, push_to_hub: Optional[str] = None
     from timm.models._hub import save_for_hf
 
     guard_output_dir(output, overwrite, flag="--overwrite")
-    model = source if isinstance(source, torch.nn.Module) else load_mfm_model(source)
+    model = source if isinstance(source, torch.nn.Module) else saved_model_class(source).from_pretrained(source).eval()
     timm_model, arguments = to_timm(model)
     config = model.config
     data = dict(input_size=(config.num_channels, config.image_size, config.image_size), interpolation="bicubic",

@@ -22,7 +22,6 @@ import argparse
 import os
 import shutil
 from dataclasses import dataclass
-from importlib import import_module
 from pathlib import Path
 from typing import Optional
 
@@ -162,12 +161,10 @@ def load(name: str, model_class=None, url_template: Optional[str] = None, **kwar
     """``fetch`` + ``from_pretrained``: the converted model (``MFM*ForPreTraining`` for a
     pre-trained file, ``MFM*ForImageClassification`` for a fine-tuned one), or ``model_class``
     (e.g. `AutoModel` for the bare encoder, `AutoBackbone`)."""
-    from transformers import AutoConfig
+    from .families import saved_model_class
 
     folder = fetch(name, url_template=url_template)
-    if model_class is None:
-        model_class = getattr(import_module("mfm_hub"), AutoConfig.from_pretrained(folder).architectures[0])
-    return model_class.from_pretrained(folder, **kwargs)
+    return (model_class or saved_model_class(folder)).from_pretrained(folder, **kwargs)
 
 
 def write_zoo_card(folder: Path, entry: OfficialCheckpoint, model, repo_name: Optional[str] = None) -> Path:
