@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
+from .attention import ATTENTION_BACKENDS
 from .pretext import PRETEXT_TASKS, get_pretext_task
 from .pretext import check as _check
 
@@ -174,6 +175,10 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
     folk_head_pooling (`str`): what FOLK's projection heads read: ``"mean"`` (the mean of
         the final patch tokens, the features the reconstruction shapes and the evaluation
         uses) or ``"cls"`` (the cls token, as DINO / iBOT).
+    attention_backend (`str`): the attention kernel: ``"auto"`` (per call, the kernel measured
+        fastest for the device and compute dtype, `mfm_hub.attention`), ``"sdpa"`` (PyTorch's
+        fused kernel) or ``"math"`` (matmul + softmax, as BEiT writes it). Loading with
+        transformers' ``attn_implementation="eager"`` means ``"math"``.
     """
 
     model_type = "mfm_vit"
@@ -193,6 +198,7 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
     pooling: str = "mean"
     add_fpn: bool | None = None
     folk_head_pooling: str = "mean"
+    attention_backend: str = "auto"
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -210,6 +216,8 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
         _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
         _check(self.folk_head_pooling in ("mean", "cls"), f"`folk_head_pooling` must be 'mean' or 'cls', got {self.folk_head_pooling!r}.")
         _check(self.pooling in ("mean", "cls"), f"`pooling` must be 'mean' or 'cls', got {self.pooling!r}.")
+        _check(self.attention_backend in ATTENTION_BACKENDS,
+               f"`attention_backend` must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention_backend!r}.")
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
         if out_indices is None and out_features is None:

@@ -170,8 +170,7 @@ class FOLKForPreTrainingMixin:
         for teacher, student in self._teacher_student_pairs():
             teacher_params += list(teacher.parameters())
             student_params += [p.detach() for p in student.parameters()]
-        torch._foreach_mul_(teacher_params, momentum)
-        torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+        torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)  # one pass over the weights
 
     def head_features(self, encoded) -> torch.Tensor:
         """``(N, D)`` features the projection heads read from an encoder output."""

@@ -21,6 +21,7 @@ from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 
+from .attention import resolve_attention_backend
 from .configuration_mfm import MFMViTConfig
 from .modeling_common import (
     MFMForImageClassificationMixin,
@@ -30,6 +31,18 @@ from .modeling_common import (
     default_conv_init,
     linear_decoder,
 )
+
+
+class MFMViTAttention(BeitAttention):
+    """timm's BEiT attention whose kernel follows ``backend`` (`mfm_hub.attention`): with
+    "auto" it is chosen on every call from the device and compute dtype, so one model runs
+    the fastest kernel in fp32 and under bf16 autocast, and torch.compile sees a constant."""
+
+    backend: str = "auto"
+
+    @property
+    def fused_attn(self) -> bool:
+        return resolve_attention_backend(self.backend, self.qkv.weight) == "sdpa"
 
 
 class MFMViTPreTrainedModel(MFMPreTrainedModel):
@@ -122,9 +135,11 @@ class MFMViTModel(MFMViTPreTrainedModel):
             use_shared_rel_pos_bias=False,
         )
         self.encoder.patch_embed.strict_img_size = False
-        use_sdpa = config._attn_implementation != "eager"
+        backend = "math" if config._attn_implementation == "eager" else config.attention_backend
         for block in self.encoder.blocks:
-            block.attn.fused_attn = use_sdpa
+            block.attn.__class__ = MFMViTAttention  # same parameters; only how the kernel is chosen differs
+            vars(block.attn).pop("fused_attn")
+            block.attn.backend = backend
         self.gradient_checkpointing = False
         self.post_init()
 

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .frequency import add_gaussian_noise, downsample_upsample, gaussian_blur, informed_masks, sample_circle_masks
+from .frequency import add_gaussian_noise, circle_mask, downsample_upsample, gaussian_blur, informed_masks, sample_circle_masks
 
 
 @dataclass
@@ -91,6 +91,7 @@ def _check_circle(config) -> None:
     check(config.mask_radius_outer > config.mask_radius,
              f"`mask_radius_outer` must exceed `mask_radius`, got {config.mask_radius_outer!r} <= {config.mask_radius!r}.")
     _check_probability(config, "low_pass_prob")
+    circle_mask(config.image_size, config.image_size, config.mask_radius, config.mask_radius_outer, device="cpu")  # refuses a circle that keeps or removes everything
 
 
 def _check_informed(config) -> None:

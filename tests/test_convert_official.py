@@ -1,8 +1,9 @@
 """Parity of the official-checkpoint converter.
 
-The reference is built the way the official code builds MFM: timm's `Beit` / `ResNet` with
-the official arguments and the official key layout, a Conv1x1 + PixelShuffle decoder, and
-the masking / loss transcribed from the official forward. It is saved as the release does
+The reference (`benchmarks/reference_mfm.py`, also the baseline of the speed comparison) is
+built the way the official code builds MFM: timm's `Beit` / `ResNet` with the official
+arguments and key layout, a Conv1x1 + PixelShuffle decoder, and the masking / loss as the
+official forward does them. It is saved as the release does
 (a dict with ``model``, a pickled yacs ``CfgNode`` config, optimizer state and epoch),
 converted, and compared within 1e-5 in float32.
 """
@@ -11,12 +12,10 @@ import os
 import subprocess
 import sys
 import types
-from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
-from timm.models.beit import Beit
-from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
 from mfm_hub import (
@@ -27,44 +26,10 @@ from mfm_hub import (
 )
 from mfm_hub.convert_official import convert, load_official_checkpoint, main
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reference_mfm import MEAN, STD, HostMasks, ReferenceMFM, official_resnet50, official_vit  # noqa: E402
+
 TOLERANCE = 1e-5
-
-
-class OfficialStyleMFM(nn.Module):
-    """Encoder + linear decoder in the official layout and forward (transcribed)."""
-
-    def __init__(self, encoder: nn.Module, stride: int, features: int):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = nn.Sequential(nn.Conv2d(features, stride**2 * 3, kernel_size=1), nn.PixelShuffle(stride))
-
-    def encode(self, x):
-        if isinstance(self.encoder, Beit):
-            tokens = self.encoder.forward_features(x)[:, 1:]
-            side = int(tokens.shape[1] ** 0.5)
-            return tokens.transpose(1, 2).reshape(x.shape[0], -1, side, side)
-        return self.encoder.forward_features(x)
-
-    def forward(self, x, mask):
-        freq = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
-        corrupted = torch.fft.ifft2(torch.fft.ifftshift(freq * mask, dim=(-2, -1))).real.clamp(0, 1)
-        features = self.encode((corrupted - MEAN) / STD)
-        rec = self.decoder(features)
-        target = (x - MEAN) / STD
-        pf = torch.fft.fftshift(torch.fft.fft2(rec, norm="ortho"), dim=(-2, -1))
-        tf = torch.fft.fftshift(torch.fft.fft2(target, norm="ortho"), dim=(-2, -1))
-        d = torch.sqrt((pf.real - tf.real) ** 2 + (pf.imag - tf.imag) ** 2 + 1e-12)
-        loss = (d * (1 - mask)).sum() / (1 - mask).sum() / 3
-        return features, rec, loss
-
-
-def official_vit(global_pool="token", num_classes=0):
-    """The official ViT arguments at the shape of our ``vit-tiny-patch4-32`` preset."""
-    return Beit(img_size=32, patch_size=4, num_classes=num_classes, global_pool=global_pool, embed_dim=192, depth=12,
-                num_heads=3, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), init_values=None,
-                use_abs_pos_emb=True, use_rel_pos_bias=False, use_shared_rel_pos_bias=False)
 
 
 def randomize_(module: nn.Module) -> None:
@@ -102,7 +67,7 @@ def random_masks(batch, size):
 
 
 def test_vit_pretrained_checkpoint_parity(tmp_path):
-    reference = OfficialStyleMFM(official_vit(), stride=4, features=192)
+    reference = ReferenceMFM(official_vit(), stride=4, features=192)
     randomize_(reference)
     reference.eval()
     save_like_the_release(reference.state_dict(), tmp_path / "mfm_vit.pth")
@@ -122,8 +87,7 @@ def test_vit_pretrained_checkpoint_parity(tmp_path):
 
 
 def test_resnet_pretrained_checkpoint_parity(tmp_path):
-    encoder = ResNet(block=Bottleneck, layers=[3, 4, 6, 3], num_classes=0)  # official ResNetForMFM arguments
-    reference = OfficialStyleMFM(encoder, stride=32, features=2048)
+    reference = ReferenceMFM(official_resnet50(), stride=32, features=2048)
     randomize_(reference)
     reference.eval()
     save_like_the_release(reference.state_dict(), tmp_path / "mfm_r50.pth")
@@ -155,7 +119,7 @@ def test_vit_finetuned_checkpoint_parity(tmp_path):
 
 
 def test_mismatching_keys_are_listed(tmp_path):
-    reference = OfficialStyleMFM(official_vit(), stride=4, features=192)
+    reference = ReferenceMFM(official_vit(), stride=4, features=192)
     state = reference.state_dict()
     del state["encoder.blocks.1.attn.q_bias"]
     state["encoder.extra.weight"] = torch.zeros(1)
@@ -167,12 +131,12 @@ def test_mismatching_keys_are_listed(tmp_path):
 
 
 def test_wrong_arch_names_the_architecture_the_file_has(tmp_path):
-    vit = OfficialStyleMFM(official_vit(), stride=4, features=192)
+    vit = ReferenceMFM(official_vit(), stride=4, features=192)
     save_like_the_release(vit.state_dict(), tmp_path / "vit.pth")
     with pytest.raises(ValueError, match=r"different shapes .*The file matches --arch vit-tiny-patch4-32\.") as error:
         convert(tmp_path / "vit.pth", "vit-small-patch16-224", tmp_path / "hf")
     assert "size mismatch" not in str(error.value)  # not torch's raw dump
-    resnet = OfficialStyleMFM(ResNet(block=Bottleneck, layers=[3, 4, 6, 3], num_classes=0), stride=32, features=2048)
+    resnet = ReferenceMFM(official_resnet50(), stride=32, features=2048)
     save_like_the_release(resnet.state_dict(), tmp_path / "r50.pth")
     with pytest.raises(ValueError, match=r"The file matches --arch resnet50\."):
         convert(tmp_path / "r50.pth", "resnet18", tmp_path / "hf")
@@ -203,7 +167,7 @@ def test_truncated_file_is_a_clear_error(tmp_path):
 
 
 def test_command_line(tmp_path):
-    reference = OfficialStyleMFM(official_vit(), stride=4, features=192)
+    reference = ReferenceMFM(official_vit(), stride=4, features=192)
     save_like_the_release(reference.state_dict(), tmp_path / "mfm.pth")
     main(["--checkpoint", str(tmp_path / "mfm.pth"), "--arch", "vit-tiny-patch4-32", "--output", str(tmp_path / "out")])
     assert isinstance(MFMViTModel.from_pretrained(tmp_path / "out"), MFMViTModel)
@@ -336,7 +300,7 @@ def test_swin_pretrained_checkpoint_parity(tmp_path):
     from mfm_hub import MFMSwinForPreTraining
 
     encoder = OfficialSwin(224, 96, (2, 2, 6, 2), (3, 6, 12, 24), window=7)  # swin-tiny-patch4-window7-224
-    reference = OfficialStyleMFM(encoder, stride=32, features=768)  # encodes with forward_features: the normed stride-32 map
+    reference = ReferenceMFM(encoder, stride=32, features=768)  # encodes with forward_features: the normed stride-32 map
     randomize_(reference)
     reference.eval()
     save_like_the_release(reference.state_dict(), tmp_path / "mfm_swin.pth")
@@ -351,3 +315,15 @@ def test_swin_pretrained_checkpoint_parity(tmp_path):
     assert torch.allclose(features, ref_features, atol=TOLERANCE * ref_features.abs().max())
     assert torch.allclose(out.reconstruction, ref_rec, atol=TOLERANCE * ref_rec.abs().max())
     assert abs(out.loss.item() - ref_loss.item()) < TOLERANCE * abs(ref_loss.item())
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_the_reference_host_masks_are_our_circles(size):
+    from mfm_hub.frequency import circle_mask
+
+    masks = HostMasks(size, radius=16 * size / 224, low_pass_prob=0.5)
+    ours = circle_mask(size, size, radius=16.0)
+    assert torch.equal(torch.from_numpy(masks.low_pass), ours)
+    drawn = masks(64)
+    assert drawn.shape == (64, 1, size, size) and 0 < sum(torch.equal(m[0], ours) for m in drawn) < 64
+    assert all(torch.equal(m[0], ours) or torch.equal(m[0], 1 - ours) for m in drawn)

@@ -133,16 +133,6 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
-def test_sdpa_and_eager_attention_agree():
-    config = tiny_vit_config()
-    sdpa = MFMViTModel(config).eval()
-    eager = MFMViTModel(tiny_vit_config(attn_implementation="eager")).eval()
-    eager.load_state_dict(sdpa.state_dict())
-    assert sdpa.encoder.blocks[0].attn.fused_attn and not eager.encoder.blocks[0].attn.fused_attn
-    x = torch.randn(2, 3, 32, 32)
-    assert torch.allclose(sdpa(x).last_hidden_state, eager(x).last_hidden_state, atol=1e-5)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_load_roundtrip_and_auto_classes(family, tmp_path):
     make_config, base, pretrain, classify, backbone = FAMILIES[family]

@@ -273,16 +273,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
     }
     if not trainer.is_world_process_zero():
         return results
-    evaluation.write_results(output, results)
-    plot_confusion_matrix(labels, scores.argmax(1), class_names, output / "confusion_matrix.png",
-                                     title=f"{results['protocol']}: top-1 {metrics['top1']:.3f}")
-    if results["validation_curve"]:
-        plot_validation_curve(trainer.state.log_history, output / "validation_curve.png", f"{results['protocol']} ({len(train)} training images)")
     task = "Linear probe" if model_args.linear_probe else "Fine-tuning"
     shots = f", {data_args.shots_per_class}-shot" if data_args.shots_per_class else f", {data_args.train_fraction:.0%} of labels" if data_args.train_fraction else ""
-    evaluation.add_to_model_index(output, output.name, "image-classification", f"{task}{shots}",
-                                  dataset_reference(data_args.dataset_name, data_args.train_dir), {k: v for k, v in metrics.items() if k.startswith("top")})
-    print(f"top-1 {metrics['top1']:.4f}; results, figure and model in {output.resolve()}")
+
+    def figures(folder: Path) -> None:
+        plot_confusion_matrix(labels, scores.argmax(1), class_names, folder / "confusion_matrix.png",
+                              title=f"{results['protocol']}: top-1 {metrics['top1']:.3f}")
+        if results["validation_curve"]:
+            plot_validation_curve(trainer.state.log_history, folder / "validation_curve.png", f"{results['protocol']} ({len(train)} training images)")
+
+    entry = evaluation.ModelIndexEntry(output, output.name, "image-classification", f"{task}{shots}",
+                                       dataset_reference(data_args.dataset_name, data_args.train_dir),
+                                       {k: v for k, v in metrics.items() if k.startswith("top")})
+    evaluation.report_results(output, results, entry, f"top-1 {metrics['top1']:.4f}; results, figure and model", figures)
     return results
 
 

@@ -133,13 +133,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
                "episodes": args.episodes, "queries_per_class": args.queries, "seed": args.seed, "split": args.split,
                "accuracy": mean, "ci95": interval}
     output = Path(args.output_dir)
-    evaluation.write_results(output, results)
-    plot_episodes(accuracies, output / "few_shot_episodes.png", f"{results['protocol']} ({args.classifier}): {mean:.3f} +- {interval:.3f}")
     # the backbone itself is evaluated, so its own card gets the entry when it is a local checkpoint
     card_dir = args.model if Path(args.model).is_dir() else output
-    evaluation.add_to_model_index(card_dir, Path(args.model).name, "image-classification", f"Few-shot, {results['protocol']}",
-                                  dataset_reference(args.dataset_name, args.data_dir), {"accuracy": mean, "ci95": interval}, split=args.split)
-    print(f"{results['protocol']} accuracy {mean:.4f} +- {interval:.4f} (95% interval over {args.episodes} episodes) -> {output.resolve()}")
+    entry = evaluation.ModelIndexEntry(card_dir, Path(args.model).name, "image-classification", f"Few-shot, {results['protocol']}",
+                                       dataset_reference(args.dataset_name, args.data_dir), {"accuracy": mean, "ci95": interval}, args.split)
+    evaluation.report_results(
+        output, results, entry, f"{results['protocol']} accuracy {mean:.4f} +- {interval:.4f} (95% interval over {args.episodes} episodes)",
+        lambda folder: plot_episodes(accuracies, folder / "few_shot_episodes.png", f"{results['protocol']} ({args.classifier}): {mean:.3f} +- {interval:.3f}"))
     return results
 
 

@@ -127,13 +127,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "mCE": float(np.mean(list(corruption_errors.values()))),
     }
     output = Path(args.output_dir)
-    evaluation.write_results(output, results)
-    plot_errors(results, corruptions, output / "corruption_errors.png", Path(args.model).name, Path(args.baseline).name)
     data = dataset_reference(args.dataset_name, args.data_dir)
     corrupted = DatasetReference(data.type, f"{data.name} with ImageNet-C corruptions", data.hub_id)
-    evaluation.add_to_model_index(args.model, Path(args.model).name, "image-classification", f"Common corruptions (mCE vs {Path(args.baseline).name})",
-                                  corrupted, {"mCE": results["mCE"], "clean_top1": results["clean_top1"]}, split=args.split)
-    print(f"mCE {results['mCE']:.4f} (relative to {args.baseline}); clean top-1 {results['clean_top1']:.4f} -> {output.resolve()}")
+    entry = evaluation.ModelIndexEntry(args.model, Path(args.model).name, "image-classification",
+                                       f"Common corruptions (mCE vs {Path(args.baseline).name})", corrupted,
+                                       {"mCE": results["mCE"], "clean_top1": results["clean_top1"]}, args.split)
+    evaluation.report_results(
+        output, results, entry, f"mCE {results['mCE']:.4f} (relative to {args.baseline}); clean top-1 {results['clean_top1']:.4f}",
+        lambda folder: plot_errors(results, corruptions, folder / "corruption_errors.png", Path(args.model).name, Path(args.baseline).name))
     return results
 
 

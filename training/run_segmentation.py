@@ -245,13 +245,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
                "seed": args.seed, **scores}
     if not trainer.is_world_process_zero():
         return results
-    evaluation.write_results(output, results)
-    plot_overlays(*zip(*figure), model_args.ignore_index, output / "segmentation_overlays.png",
-                  f"UperNet on {Path(model_args.model).name}: mIoU {scores['mean_iou']:.3f}")
-    evaluation.add_to_model_index(output, output.name, "image-segmentation", "Semantic segmentation (UperNet)",
-                                  dataset_reference(data_args.dataset_name, data_args.data_dir),
-                                  {k: scores[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")}, split=data_args.eval_split)
-    print(f"mIoU {scores['mean_iou']:.4f}, mean accuracy {scores['mean_accuracy']:.4f}, overall accuracy {scores['overall_accuracy']:.4f} -> {output.resolve()}")
+    entry = evaluation.ModelIndexEntry(output, output.name, "image-segmentation", "Semantic segmentation (UperNet)",
+                                       dataset_reference(data_args.dataset_name, data_args.data_dir),
+                                       {k: scores[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")}, data_args.eval_split)
+    evaluation.report_results(
+        output, results, entry,
+        f"mIoU {scores['mean_iou']:.4f}, mean accuracy {scores['mean_accuracy']:.4f}, overall accuracy {scores['overall_accuracy']:.4f}",
+        lambda folder: plot_overlays(*zip(*figure), model_args.ignore_index, folder / "segmentation_overlays.png",
+                                     f"UperNet on {Path(model_args.model).name}: mIoU {scores['mean_iou']:.3f}"))
     return results
 
 

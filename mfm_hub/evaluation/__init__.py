@@ -23,11 +23,12 @@ from .labelled_data import (
     validate_examples,
 )
 from .metrics import MeanIoU, TopKAccuracy
-from .results import add_to_model_index, write_results
+from .results import ModelIndexEntry, add_to_model_index, report_results, write_results
 
 __all__ = [
     "EvalPreprocessing",
     "MeanIoU",
+    "ModelIndexEntry",
     "TopKAccuracy",
     "add_to_model_index",
     "check_head_matches",
@@ -38,6 +39,7 @@ __all__ = [
     "labelled_image_check",
     "linear_probe_predict",
     "load_encoder",
+    "report_results",
     "load_labelled_split",
     "logistic_regression",
     "timm_image_options",

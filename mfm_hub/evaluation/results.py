@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -47,3 +49,29 @@ def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, ta
     card.data.model_name = card.data.model_name or model_name
     card.save(path)
     return path
+
+
+@dataclass
+class ModelIndexEntry:
+    """One protocol's results for a card's ``model-index`` (see `add_to_model_index`)."""
+
+    card_dir: str | Path
+    model_name: str
+    task_type: str
+    task_name: str
+    dataset: DatasetReference
+    metrics: dict[str, float]
+    split: str = "test"
+
+
+def report_results(output_dir: str | Path, results: dict, entry: ModelIndexEntry, summary: str,
+                   figure: Optional[Callable[[Path], None]] = None) -> None:
+    """What every evaluation script does at its end: ``results.json`` in ``output_dir``, the
+    figure (``figure(output_dir)`` writes its PNGs there), the card's ``model-index`` entry and
+    a one-line summary naming where everything went."""
+    output = Path(output_dir)
+    write_results(output, results)
+    if figure is not None:
+        figure(output)
+    add_to_model_index(entry.card_dir, entry.model_name, entry.task_type, entry.task_name, entry.dataset, entry.metrics, entry.split)
+    print(f"{summary} -> {output.resolve()}")

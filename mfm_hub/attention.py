@@ -1,0 +1,43 @@
+"""Which attention kernel the ViT family runs: chosen per call from the device and the
+compute dtype, by measurement.
+
+Both kernels compute the same function (softmax(q k^T / sqrt(d)) v); they differ in speed.
+PyTorch's fused ``scaled_dot_product_attention`` ("sdpa") is the fastest kernel in fp32
+on CPU, but its bf16 CPU kernel is slower than writing the attention out as two matmuls
+and a softmax ("math"): in the ViT-S/16 bf16 pre-training step on this project's 2-core
+CPU the fused kernel took 24% of the step for about 8% of its FLOPs. The table below
+records what ``python benchmarks/pretrain_throughput.py --attention sdpa math`` measured
+(README, "Speed"); "auto" follows it, and anything not measured uses sdpa.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ATTENTION_BACKENDS = ("auto", "sdpa", "math")
+
+#: (device type, compute dtype) -> the kernel measured fastest there.
+MEASURED_FASTEST = {
+    ("cpu", torch.float32): "sdpa",
+    ("cpu", torch.bfloat16): "math",
+}
+
+
+def compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype a layer holding ``weight`` computes in: autocast's, where it is on for the
+    weight's device, else the weight's own."""
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
+def resolve_attention_backend(preference: str, weight: torch.Tensor) -> str:
+    """``preference`` ("sdpa" / "math"), or for "auto" the kernel measured fastest for the
+    device and compute dtype of a layer holding ``weight``."""
+    if preference != "auto":
+        return preference
+    return MEASURED_FASTEST.get((weight.device.type, compute_dtype(weight)), "sdpa")
+
+
+__all__ = ["ATTENTION_BACKENDS", "MEASURED_FASTEST", "compute_dtype", "resolve_attention_backend"]

@@ -1,0 +1,93 @@
+"""The speed switches change speed only: every attention kernel and torch.compile give the
+same loss and gradients as the plain eager path (timings are in the benchmarks, never here)."""
+
+import pytest
+import torch
+import torch._dynamo
+import torch._inductor.config as inductor_config
+import torch.nn.functional as F
+from conftest import tiny_resnet_config, tiny_swin_config, tiny_vit_config
+
+from mfm_hub import MFMResNetForPreTraining, MFMSwinForPreTraining, MFMViTForPreTraining, MFMViTModel
+from mfm_hub.attention import ATTENTION_BACKENDS, MEASURED_FASTEST, resolve_attention_backend
+
+FAMILIES = {
+    "vit": (MFMViTForPreTraining, tiny_vit_config),
+    "resnet": (MFMResNetForPreTraining, tiny_resnet_config),
+    "swin": (MFMSwinForPreTraining, tiny_swin_config),
+}
+#: fp32 kernels differ only in summation order; bf16 rounds every matmul to 8 bits of mantissa
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def loss_and_gradients(model, pixels, dtype):
+    model.zero_grad()
+    torch.manual_seed(1)  # the same masks for every model
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        loss = model(pixels).loss
+    loss.backward()
+    return loss.detach().float(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def count_sdpa_calls(monkeypatch) -> list:
+    calls = []
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_every_attention_backend_gives_the_same_loss_and_gradients(dtype, monkeypatch):
+    calls = count_sdpa_calls(monkeypatch)
+    reference = MFMViTForPreTraining(tiny_vit_config(attention_backend="math")).train()
+    pixels = torch.rand(4, 3, 32, 32)
+    expected_loss, expected_grads = loss_and_gradients(reference, pixels, dtype)
+    assert not calls
+    for backend in ATTENTION_BACKENDS:
+        model = MFMViTForPreTraining(tiny_vit_config(attention_backend=backend)).train()
+        model.load_state_dict(reference.state_dict())
+        calls.clear()
+        loss, grads = loss_and_gradients(model, pixels, dtype)
+        chosen = MEASURED_FASTEST[("cpu", dtype)] if backend == "auto" else backend
+        assert len(calls) == (4 if chosen == "sdpa" else 0), backend  # one call per block when the fused kernel runs
+        torch.testing.assert_close(loss, expected_loss, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+        torch.testing.assert_close(grads, expected_grads, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+def test_auto_follows_the_measured_table_per_call():
+    weight = torch.zeros(1)
+    assert resolve_attention_backend("auto", weight) == MEASURED_FASTEST[("cpu", torch.float32)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert resolve_attention_backend("auto", weight) == MEASURED_FASTEST[("cpu", torch.bfloat16)]
+        assert resolve_attention_backend("sdpa", weight) == "sdpa"
+    assert resolve_attention_backend("auto", weight.to(torch.float16)) == "sdpa"  # not measured: PyTorch's fused kernel
+
+
+def test_transformers_eager_attention_means_math(monkeypatch):
+    calls = count_sdpa_calls(monkeypatch)
+    model = MFMViTModel(tiny_vit_config(attn_implementation="eager")).eval()
+    model(torch.randn(1, 3, 32, 32))
+    assert not calls and model.encoder.blocks[0].attn.backend == "math"
+
+
+def test_a_bad_attention_backend_is_refused():
+    with pytest.raises(ValueError, match="`attention_backend` must be one of auto, sdpa, math, got 'flash'"):
+        tiny_vit_config(attention_backend="flash")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torch_compile_traces_masking_and_loss_whole_and_matches_eager(family, monkeypatch):
+    model_class, make_config = FAMILIES[family]
+    model = model_class(make_config()).train()
+    size = model.config.image_size
+    pixels = torch.rand(4, 3, size, size)
+    explanation = torch._dynamo.explain(model)(pixels)
+    assert explanation.graph_break_count == 0, [str(reason.reason) for reason in explanation.break_reasons]
+
+    # inductor draws random numbers its own way unless told to use eager's generator
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    compiled = torch.compile(model)
+    expected_loss, expected_grads = loss_and_gradients(model, pixels, torch.float32)
+    loss, grads = loss_and_gradients(compiled, pixels, torch.float32)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-5)
