@@ -25,7 +25,7 @@ percentile) and the ratio of the first contender's median to each one's. Contend
 (`CONTENDERS`): ``reference`` (the official structure, `reference_mfm.py`: BEiT attention
 written out, host-built masks copied in, FFTs as the official forward, PyTorch's default
 AdamW), ``ours`` (our default path: what the scripts run), and ``ours`` with one switch
-changed (``ours-sdpa``, ``ours-math``, ``ours-compiled``, ``ours-channels-last``,
+changed (``ours-sdpa``, ``ours-math``, ``ours-compiled``, ``ours-contiguous`` (ResNet without channels-last),
 ``ours-foreach-adamw``) to measure each switch.
 """
 
@@ -102,19 +102,22 @@ class Step:
     model: torch.nn.Module
 
 
-def our_step(config, pixels, dtype_name, objective="mfm", state=None, compile_model=False, channels_last=False,
+def our_step(config, pixels, dtype_name, objective="mfm", state=None, compile_model=False, memory_format=None,
              fused_adamw=True, **config_overrides) -> Step:
     """Our pre-training step as the scripts run it: the model, autocast, clipping at 3.0 and
-    AdamW (fused, as the Trainer's default), plus FOLK's EMA update."""
+    AdamW (fused, as the Trainer's default), plus FOLK's EMA update. ``memory_format``
+    overrides the layout a family's convolutions run in (`MFMResNetPreTrainedModel.memory_format`)."""
     is_folk = objective == "folk"
     config = type(config).from_dict({**config.to_dict(), **config_overrides})
     model = family_of(config).folk(config) if is_folk else AutoModelForPreTraining.from_config(config)
     model = model.to(pixels.device).train()
     if state is not None:
         model.load_state_dict(state)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    if memory_format is not None:
+        for module in model.modules():
+            if hasattr(module, "memory_format"):
+                module.memory_format = memory_format
+        model.to(memory_format=memory_format)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(trainable, fused=True if fused_adamw else None, foreach=None if fused_adamw else True)
     step_model = torch.compile(model) if compile_model else model
@@ -173,7 +176,7 @@ CONTENDERS: dict[str, Callable[..., Step]] = {
     "ours-sdpa": lambda c, x, d, s: our_step(c, x, d, state=s, attention_backend="sdpa"),
     "ours-math": lambda c, x, d, s: our_step(c, x, d, state=s, attention_backend="math"),
     "ours-compiled": lambda c, x, d, s: our_step(c, x, d, state=s, compile_model=True),
-    "ours-channels-last": lambda c, x, d, s: our_step(c, x, d, state=s, channels_last=True),
+    "ours-contiguous": lambda c, x, d, s: our_step(c, x, d, state=s, memory_format=torch.contiguous_format),
     "ours-foreach-adamw": lambda c, x, d, s: our_step(c, x, d, state=s, fused_adamw=False),
 }
 

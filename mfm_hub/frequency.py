@@ -251,8 +251,11 @@ def frequency_distance(
     log_matrix: bool = False,
     batch_matrix: bool = False,
     average_spectrum: bool = False,
+    shifted: bool = True,
 ) -> torch.Tensor:
-    """Per-frequency distance of the focal frequency loss, ``(B, C, H, W)`` in shifted coordinates.
+    """Per-frequency distance of the focal frequency loss, ``(B, C, H, W)`` in shifted
+    coordinates, or in the FFT's own order with ``shifted=False`` (for a loss that sums over
+    frequencies with a mask in the same order: it saves shifting the spectrum).
 
     Both inputs are transformed with an orthonormal 2-D FFT in float32; the distance at each
     frequency is ``sqrt(dRe^2 + dIm^2 + 1e-12) ** loss_gamma``. With ``focal_weighting`` it
@@ -265,7 +268,9 @@ def frequency_distance(
         residual = prediction.float() - target.float()
         if average_spectrum:
             residual = residual.mean(0, keepdim=True)
-        diff = torch.fft.fftshift(torch.fft.fft2(residual, norm="ortho"), dim=(-2, -1))
+        diff = torch.fft.fft2(residual, norm="ortho")
+        if shifted:
+            diff = torch.fft.fftshift(diff, dim=(-2, -1))
         squared = diff.real**2 + diff.imag**2
         distance = torch.sqrt(squared + 1e-12) ** loss_gamma
         if focal_weighting:

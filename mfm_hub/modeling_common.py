@@ -145,8 +145,12 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, freq
         matrix_gamma=config.focal_matrix_gamma,
         log_matrix=config.focal_log_matrix,
         batch_matrix=config.focal_batch_matrix,
+        shifted=False,
     )
-    return masked_frequency_loss(distance, frequency_mask if config.loss_target == "masked" else None)
+    if config.loss_target != "masked":
+        return masked_frequency_loss(distance, None)
+    # the loss is a sum over frequencies: the (small) mask moves to the FFT's order, not the spectrum
+    return masked_frequency_loss(distance, torch.fft.ifftshift(frequency_mask, dim=(-2, -1)))
 
 
 def linear_decoder(in_channels: int, stride: int, out_channels: int) -> nn.Sequential:

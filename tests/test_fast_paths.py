@@ -91,3 +91,28 @@ def test_torch_compile_traces_masking_and_loss_whole_and_matches_eager(family, m
     loss, grads = loss_and_gradients(compiled, pixels, torch.float32)
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_runs_channels_last_from_init_and_from_a_checkpoint_with_the_same_results(tmp_path):
+    model = MFMResNetForPreTraining(tiny_resnet_config()).train()
+    channels_last = lambda m: m.mfm_resnet.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)  # noqa: E731
+    assert channels_last(model)
+    model.save_pretrained(tmp_path)
+    loaded = MFMResNetForPreTraining.from_pretrained(tmp_path).train()
+    assert channels_last(loaded)
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+    contiguous = MFMResNetForPreTraining(tiny_resnet_config()).train()
+    contiguous.load_state_dict(model.state_dict())
+    for module in contiguous.modules():
+        if hasattr(module, "memory_format"):
+            module.memory_format = torch.contiguous_format
+    contiguous.to(memory_format=torch.contiguous_format)
+    assert not channels_last(contiguous)
+    pixels = torch.rand(4, 3, 64, 64)
+    for dtype in (torch.float32, torch.bfloat16):
+        expected_loss, expected_grads = loss_and_gradients(contiguous, pixels, dtype)
+        loss, grads = loss_and_gradients(model, pixels, dtype)
+        torch.testing.assert_close(loss, expected_loss, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+        torch.testing.assert_close(grads, expected_grads, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
