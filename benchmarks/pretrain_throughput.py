@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForPreTraining
 
 from mfm_hub import MFMResNetConfig, MFMViTConfig, config_from_preset, family_of
+from mfm_hub.allocator import keep_freed_memory
 from mfm_hub.modeling_common import corrupt, normalize, reconstruction_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -250,10 +251,11 @@ def side_by_side(name, dtype_name, batch_size, device, rounds, contenders, peak)
     return rows
 
 
-def run_isolated(name, dtype_name, batch, steps, compile_model, objective):
+def run_isolated(name, dtype_name, batch, steps, compile_model, objective, glibc_defaults):
     """Each configuration runs in a fresh process so that peak memory is its own."""
     command = [sys.executable, __file__, "--single", name, dtype_name, str(batch), "--steps", str(steps), "--objectives", objective]
     command += ["--compile"] if compile_model else []
+    command += ["--glibc-defaults"] if glibc_defaults else []
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -284,17 +286,21 @@ def main():
     parser.add_argument("--objectives", nargs="+", default=["mfm"], choices=["mfm", "folk"], help="with both, FOLK/MFM ratios are printed too")
     parser.add_argument("--side-by-side", nargs="*", choices=list(CONTENDERS), default=None, metavar="CONTENDER",
                         help=f"contenders to alternate (default: reference ours); choices: {', '.join(CONTENDERS)}")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="leave glibc's allocator as it is; by default the process keeps freed memory as the training "
+                             "scripts do (mfm_hub.allocator), for every contender alike")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--single", nargs=3, metavar=("MODEL", "DTYPE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
+    kept = not args.glibc_defaults and keep_freed_memory()
     if args.single:
         name, dtype_name, batch = args.single
         print(json.dumps(benchmark(name, dtype_name, int(batch), device, args.steps, args.compile, args.objectives[0])))
         return
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {where}; torch {torch.__version__}")
+    print(f"device: {where}; torch {torch.__version__}; freed memory kept in the process: {kept}")
     peaks = {}
     for dtype_name in args.dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
@@ -326,7 +332,7 @@ def throughput_table(args, device, peaks) -> list[dict]:
             batch = default_batch(name, device, args.batch_size)
             measured = {}
             for objective in args.objectives:
-                row = run_isolated(name, dtype_name, batch, args.steps, args.compile, objective)
+                row = run_isolated(name, dtype_name, batch, args.steps, args.compile, objective, args.glibc_defaults)
                 row["share_of_matmul_peak"] = row["tflops_per_s"] * 1e12 / peaks[dtype_name]
                 rows.append(row)
                 measured[objective] = row

@@ -1,6 +1,9 @@
 """The speed switches change speed only: every attention kernel and torch.compile give the
 same loss and gradients as the plain eager path (timings are in the benchmarks, never here)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch._dynamo
@@ -116,3 +119,29 @@ def test_resnet_runs_channels_last_from_init_and_from_a_checkpoint_with_the_same
         loss, grads = loss_and_gradients(model, pixels, dtype)
         torch.testing.assert_close(loss, expected_loss, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
         torch.testing.assert_close(grads, expected_grads, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+FAULTS_SCRIPT = """
+import resource, sys, torch
+from mfm_hub.allocator import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+for _ in range(3):  # 64 MiB, allocated and freed a few times before counting (glibc settles in two)
+    torch.empty(2**24).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    torch.empty(2**24).fill_(1.0)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_kept_freed_memory_is_reused_without_page_faults():
+    def run(mode):
+        output = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True).stdout.split()
+        return output[0] == "True", int(output[1])
+
+    applied, faults = run("keep")
+    default_applied, default_faults = run("default")
+    assert applied and not default_applied
+    assert default_faults > 5 * 16_000  # 64 MiB is 16,384 pages of 4 KiB, faulted in again on every allocation
+    assert faults < 1_000

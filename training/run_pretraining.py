@@ -43,6 +43,7 @@ from transformers.trainer_pt_utils import safe_globals
 
 import mfm_hub
 from mfm_hub import data as mfm_data
+from mfm_hub.allocator import keep_freed_memory
 from mfm_hub.arguments import (
     CONFIG_SUFFIXES,
     check_training_arguments,
@@ -469,6 +470,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.resume_from_checkpoint:
         check_resumable(args.resume_from_checkpoint, args.world_size)
     setup_logging(args)
+    keep_freed_memory()  # no page faults on every step's fresh activations (mfm_hub.allocator)
     push_to = args.hub_model_id if args.push_to_hub else None
     if args.push_to_hub and not push_to:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/mfm-vit-small).")

@@ -1,0 +1,39 @@
+"""Keep freed CPU memory in the training process instead of handing it back to the kernel.
+
+PyTorch allocates CPU tensors with ``malloc``. glibc serves large blocks with ``mmap`` (the
+threshold adapts, up to 32 MiB) and returns freed memory at the top of the heap to the
+kernel, so every training step maps its activations afresh and touches them in page by page:
+measured on the README's CPU, 51,000 page faults per ViT-S/16 bf16 step at batch 8, 103,000
+per ``vit-tiny-patch4-32`` fp32 step at batch 64 and 347,000 per ViT-S/16 fp32 step at batch
+32, against none to 4,700 with the settings below, which made those steps 1.17x, 1.11x and
+1.16x faster (README, "Speed"). The cost is that the process keeps its peak memory mapped
+until it exits, which a training process does anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# mallopt parameters, from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Serve every allocation from the heap and never trim it (glibc's ``mallopt``), for the
+    rest of the process. Returns whether the settings took effect: ``False`` where the C
+    library is not glibc (macOS, musl) or another allocator is preloaded."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+__all__ = ["keep_freed_memory"]
