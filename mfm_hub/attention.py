@@ -6,8 +6,9 @@ PyTorch's fused ``scaled_dot_product_attention`` ("sdpa") is the fastest kernel 
 on CPU, but its bf16 CPU kernel is slower than writing the attention out as two matmuls
 and a softmax ("math"): in the ViT-S/16 bf16 pre-training step on this project's 2-core
 CPU the fused kernel took 24% of the step for about 8% of its FLOPs. The table below
-records what ``python benchmarks/pretrain_throughput.py --attention sdpa math`` measured
-(README, "Speed"); "auto" follows it, and anything not measured uses sdpa.
+records what ``python benchmarks/pretrain_throughput.py --side-by-side ours-sdpa ours-math``
+measured (README, "Speed"); "auto" follows it. Anything not measured (CUDA included: no GPU
+was lent to this project) uses sdpa, PyTorch's own choice.
 """
 
 from __future__ import annotations
