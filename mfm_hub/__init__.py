@@ -16,6 +16,7 @@ from .families import FAMILIES, ModelFamily, family_of, register_family
 from .image_processing import image_processor_for_config
 from .modeling_common import MFMPreTrainingOutput, backbone_from_pretrained
 from .modeling_folk import (
+    FOLKForPreTraining,
     FOLKPreTrainingOutput,
     FOLKResNetForPreTraining,
     FOLKSwinForPreTraining,
@@ -50,6 +51,7 @@ __all__ = [
     "family_of",
     "pretext",
     "register_family",
+    "FOLKForPreTraining",
     "FOLKPreTrainingOutput",
     "FOLKResNetForPreTraining",
     "FOLKViTForPreTraining",

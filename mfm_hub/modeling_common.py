@@ -195,6 +195,11 @@ class MFMPreTrainedModel(PreTrainedModel):
         """Config fields that a fine-tuned official file's keys imply."""
         return {}
 
+    def folk_head_input(self, encoded) -> torch.Tensor:
+        """``(N, D)``: what FOLK's projection heads read from this encoder's output (the
+        pooled output; families that pool otherwise override it)."""
+        return encoded.pooler_output
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         output_loading_info = kwargs.pop("output_loading_info", False)

@@ -14,6 +14,7 @@ for what is known, what was measured and what was chosen).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .modeling_common import normalize
+from .configuration_mfm import MFMResNetConfig, MFMSwinConfig, MFMViTConfig
+from .modeling_common import MFMPreTrainedModel, normalize
 from .modeling_mfm_resnet import MFMResNetForPreTraining
 from .modeling_mfm_swin import MFMSwinForPreTraining
 from .modeling_mfm_vit import MFMViTForPreTraining
@@ -132,28 +134,79 @@ def cross_view_distillation_loss(student_logits: torch.Tensor, teacher_probs: to
     return -(swapped_teacher * log_p).sum(dim=-1).mean()
 
 
-class FOLKForPreTrainingMixin:
-    """Adds the teacher, the two heads and the FOLK forward to an ``MFM*ForPreTraining``."""
+class FOLKForPreTraining(MFMPreTrainedModel):
+    """FOLK, composed of four parts: ``student`` (the family's MFM pre-training model: encoder,
+    linear decoder and reconstruction loss), ``teacher`` (the family's encoder, an EMA of the
+    student's and never trained by gradients), and ``student_head`` / ``teacher_head`` (the
+    projection heads), plus the teacher-output ``center``. One subclass per family names its
+    config and student classes (``FOLKViTForPreTraining`` etc., `mfm_hub.families`).
 
+    Input: ``pixel_values`` ``(B, 2, C, H, W)``, two un-normalised views in [0, 1] of every
+    image. Output: `FOLKPreTrainingOutput`.
+    """
+
+    student_class: type  # the family's MFM*ForPreTraining
+    base_model_prefix = "student"
+    supports_gradient_checkpointing = True
+    # weights a checkpoint of another kind may lack: an MFM pre-training checkpoint has no
+    # teacher or heads (the teacher starts as the student), a backbone no decoder either
     _new_weight_prefixes = ("decoder.", "teacher.", "student_head.", "teacher_head.", "center")
 
-    def _add_folk_modules(self) -> None:
-        config = self.config
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # the attention implementations transformers may set on the shared config: the student's
+        cls._supports_sdpa = getattr(getattr(cls, "student_class", None), "_supports_sdpa", False)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.student = self.student_class(config)
+        self.teacher = type(self.student.base_model)(config)
         head = dict(in_dim=config.num_features, hidden_dim=config.folk_head_hidden_dim,
                     bottleneck_dim=config.folk_head_bottleneck_dim, output_dim=config.folk_head_output_dim,
                     normalize_prototypes=config.folk_normalize_prototypes)
         self.student_head = ProjectionHead(**head)
-        self.teacher = type(self.base_model)(config)
         self.teacher_head = ProjectionHead(**head)
         self.register_buffer("center", torch.zeros(1, config.folk_head_output_dim))
         #: set per optimizer step by the training schedule (`teacher_temperature`); a model
         #: used outside training uses the final value
         self.teacher_temperature = config.folk_teacher_temperature
+        # checkpoints written before FOLK was composed kept the student's modules at the top level
+        self._register_load_state_dict_pre_hook(self._move_flat_student_keys)
         self.post_init()
         self.reset_teacher()
 
+    @property
+    def base_model(self) -> nn.Module:
+        """The student's encoder (what ``base_model`` means for every other MFM model)."""
+        return self.student.base_model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        self.student._init_weights(module)  # the heads are initialised as the family initialises its layers
+
+    @classmethod
+    def _flat_student_pattern(cls) -> str:
+        return rf"^({cls.student_class.base_model_prefix}|decoder)\."
+
+    def _move_flat_student_keys(self, state_dict, prefix, *args) -> None:
+        pattern = re.compile(self._flat_student_pattern())
+        for key in [k for k in state_dict if k.startswith(prefix) and pattern.match(k[len(prefix):])]:
+            state_dict[f"{prefix}student.{key[len(prefix):]}"] = state_dict.pop(key)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Loads FOLK checkpoints (also those written before FOLK was composed) and starts FOLK
+        from an MFM pre-training or backbone checkpoint: a checkpoint without a teacher gets
+        the loaded student as its teacher."""
+        encoder_prefix = cls.student_class.base_model_prefix
+        kwargs.setdefault("key_mapping", {cls._flat_student_pattern(): r"student.\1.", r"^encoder\.": f"student.{encoder_prefix}.encoder."})
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if any(key.startswith(("teacher.", "teacher_head.")) for key in info["missing_keys"]):
+            model.reset_teacher()
+        return (model, info) if output_loading_info else model
+
     def _teacher_student_pairs(self):
-        return [(self.teacher, self.base_model), (self.teacher_head, self.student_head)]
+        return [(self.teacher, self.student.base_model), (self.teacher_head, self.student_head)]
 
     @torch.no_grad()
     def reset_teacher(self) -> None:
@@ -173,8 +226,9 @@ class FOLKForPreTrainingMixin:
         torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)  # one pass over the weights
 
     def head_features(self, encoded) -> torch.Tensor:
-        """``(N, D)`` features the projection heads read from an encoder output."""
-        return encoded.pooler_output
+        """``(N, D)`` features the projection heads read from an encoder output (the family's
+        `folk_head_input`)."""
+        return self.student.base_model.folk_head_input(encoded)
 
     def drop_prototype_gradients(self) -> None:
         """Leave the student's prototypes out of the coming optimizer step (AdamW skips a
@@ -183,7 +237,7 @@ class FOLKForPreTrainingMixin:
 
     def exported_backbone(self):
         """The encoder a FOLK run publishes (``config.folk_export``)."""
-        return self.teacher if self.config.folk_export == "teacher" else self.base_model
+        return self.teacher if self.config.folk_export == "teacher" else self.student.base_model
 
     @torch.no_grad()
     def _update_center(self, teacher_logits: torch.Tensor) -> None:
@@ -194,16 +248,6 @@ class FOLKForPreTrainingMixin:
             torch.distributed.all_reduce(count)
         momentum = self.config.folk_center_momentum
         self.center.mul_(momentum).add_(batch_sum / count, alpha=1.0 - momentum)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Also starts FOLK from a plain MFM (or backbone) checkpoint: a checkpoint without a
-        teacher gets the loaded student as its teacher."""
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        if any(key.startswith(("teacher.", "teacher_head.")) for key in info["missing_keys"]):
-            model.reset_teacher()
-        return (model, info) if output_loading_info else model
 
     def forward(
         self,
@@ -224,7 +268,7 @@ class FOLKForPreTrainingMixin:
             raise ValueError(f"FOLK takes two views per image, pixel_values of shape (batch, 2, C, H, W); got {tuple(pixel_values.shape)}.")
         config = self.config
         views = pixel_values.transpose(0, 1).reshape(-1, *pixel_values.shape[2:])  # (2B, C, H, W): all u, then all v
-        student = self.reconstruct(views, frequency_mask, generator)
+        student = self.student.reconstruct(views, frequency_mask, generator)
         student_logits = self.student_head(self.head_features(student.encoder_outputs))
         with torch.no_grad():
             teacher_logits = self.teacher_head(self.head_features(self.teacher(normalize(views, config)))).float()
@@ -247,37 +291,30 @@ class FOLKForPreTrainingMixin:
         return output if return_dict is not False else output.to_tuple()
 
 
-class FOLKViTForPreTraining(FOLKForPreTrainingMixin, MFMViTForPreTraining):
-    """FOLK on the MFM ViT: the heads read the mean of the final patch tokens, or the cls
-    token with ``folk_head_pooling="cls"``."""
+class FOLKViTForPreTraining(FOLKForPreTraining):
+    """FOLK on the MFM ViT (the heads read the mean patch token, or the cls token with
+    ``folk_head_pooling="cls"``)."""
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._add_folk_modules()
-
-    def head_features(self, encoded) -> torch.Tensor:
-        if self.config.folk_head_pooling == "cls":
-            return encoded.last_hidden_state[:, 0]
-        return encoded.last_hidden_state[:, 1:].mean(dim=1)
+    config_class = MFMViTConfig
+    student_class = MFMViTForPreTraining
 
 
-class FOLKResNetForPreTraining(FOLKForPreTrainingMixin, MFMResNetForPreTraining):
-    """FOLK on the MFM ResNet: the head reads the global-average-pooled stride-32 map."""
+class FOLKResNetForPreTraining(FOLKForPreTraining):
+    """FOLK on the MFM ResNet (the heads read the global-average-pooled stride-32 map)."""
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._add_folk_modules()
+    config_class = MFMResNetConfig
+    student_class = MFMResNetForPreTraining
 
 
-class FOLKSwinForPreTraining(FOLKForPreTrainingMixin, MFMSwinForPreTraining):
-    """FOLK on the MFM Swin: the head reads the global-average-pooled normed stride-32 map."""
+class FOLKSwinForPreTraining(FOLKForPreTraining):
+    """FOLK on the MFM Swin (the heads read the global-average-pooled normed stride-32 map)."""
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._add_folk_modules()
+    config_class = MFMSwinConfig
+    student_class = MFMSwinForPreTraining
 
 
 __all__ = [
+    "FOLKForPreTraining",
     "FOLKPreTrainingOutput",
     "FOLKSwinForPreTraining",
     "FOLKResNetForPreTraining",

@@ -89,6 +89,12 @@ class MFMViTPreTrainedModel(MFMPreTrainedModel):
         """An official fine-tuned ViT with ``fc_norm`` used the mean-pooling head."""
         return {"use_mean_pooling": "fc_norm.weight" in state_dict}
 
+    def folk_head_input(self, encoded) -> torch.Tensor:
+        """The mean of the final patch tokens, or the cls token with ``folk_head_pooling="cls"``."""
+        if self.config.folk_head_pooling == "cls":
+            return encoded.last_hidden_state[:, 0]
+        return encoded.last_hidden_state[:, 1:].mean(dim=1)
+
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter grouping (used by its layer-wise lr decay helpers), as the official
         fine-tuning assigns layers: the embeddings are layer 0, block ``i`` is layer ``i + 1``,

@@ -37,8 +37,9 @@ class ToyBackbone(mfm_hub.MFMViTBackbone):
     config_class = ToyConfig
 
 
-class ToyFOLK(mfm_hub.FOLKViTForPreTraining):
+class ToyFOLK(mfm_hub.FOLKForPreTraining):
     config_class = ToyConfig
+    student_class = ToyForPreTraining
 
 
 @pytest.fixture
@@ -59,6 +60,9 @@ def test_one_registry_entry_makes_a_family_loadable_everywhere(toy_family, tmp_p
     assert type(AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=2)) is ToyForImageClassification
     assert type(AutoBackbone.from_config(config)) is ToyBackbone
     assert family_of(config).folk is ToyFOLK
+    folk = ToyFOLK(config)
+    assert type(folk.student) is ToyForPreTraining and type(folk.teacher) is type(folk.student.base_model)
+    assert torch.isfinite(folk(torch.rand(2, 2, 3, 32, 32)).loss)
     features = frozen_features(ToyModel(config).eval(), torch.rand(2, 3, 32, 32))
     assert features.shape == (2, config.hidden_size)
 

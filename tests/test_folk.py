@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_resnet_config, tiny_swin_config, tiny_vit_config
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_pretraining import (  # noqa: F401
     SCRIPT,
     fashion_folder,
@@ -198,6 +198,52 @@ def test_folk_starts_from_an_mfm_checkpoint(tmp_path):
     folk = FOLKViTForPreTraining.from_pretrained(tmp_path)
     assert torch.equal(folk.teacher.encoder.pos_embed, mfm.mfm_vit.encoder.pos_embed)
     assert torch.equal(folk.base_model.encoder.pos_embed, mfm.mfm_vit.encoder.pos_embed)
+    assert torch.equal(folk.student.decoder[0].weight, mfm.decoder[0].weight)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_folk_is_a_student_a_teacher_and_two_heads_and_round_trips(family, tmp_path):
+    model = folk_model(family)
+    student_class = type(model).student_class
+    assert isinstance(model.student, student_class) and type(model.teacher) is type(model.student.base_model)
+    assert model.base_model is model.student.base_model
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))  # teacher != student, so a swap would show
+        model.center.normal_()
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_folk_checkpoints_from_before_composition_still_load(tmp_path):
+    """Before FOLK was composed, the student's encoder and decoder sat at the top level
+    (``mfm_vit.*``, ``decoder.*``); ``from_pretrained`` and the Trainer's resume
+    (``load_state_dict``) both read that layout."""
+    model = folk_model()
+    with torch.no_grad():
+        for parameter in model.teacher.parameters():
+            parameter.mul_(0.5)
+    flat = {key.removeprefix("student."): tensor.clone() for key, tensor in model.state_dict().items()}
+    assert "mfm_vit.encoder.pos_embed" in flat and "decoder.0.weight" in flat and "teacher.encoder.pos_embed" in flat
+    model.save_pretrained(tmp_path)
+    save_file({key: tensor.contiguous() for key, tensor in flat.items()}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    resumed = folk_model()
+    resumed.load_state_dict(dict(flat))  # what the Trainer's resume does with model.safetensors
+    for loaded in (FOLKViTForPreTraining.from_pretrained(tmp_path), resumed):
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_folk_starts_from_a_backbone_checkpoint(tmp_path):
+    encoder = MFMViTModel(tiny_vit_config(**SMALL_HEAD))
+    encoder.save_pretrained(tmp_path)
+    folk = FOLKViTForPreTraining.from_pretrained(tmp_path)
+    for loaded in (folk.base_model, folk.teacher):
+        for name, tensor in encoder.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
 def test_bad_folk_config_values():
@@ -277,9 +323,9 @@ def test_folk_resume_is_exact_teacher_and_centre_included(fashion_folder, tiny_c
     assert not torch.allclose(straight["student_head.prototypes.weight"], straight["teacher_head.prototypes.weight"], atol=1e-6)
     # the teacher moved, but slower than the student
     start = load_file(tmp_path / "resumed" / "checkpoint-3" / "model.safetensors")
-    key = "mfm_vit.encoder.pos_embed"
-    student_move = (straight[key] - start[key]).abs().sum()
-    teacher_move = (straight["teacher." + key.split(".", 1)[1]] - start["teacher." + key.split(".", 1)[1]]).abs().sum()
+    student_key, teacher_key = "student.mfm_vit.encoder.pos_embed", "teacher.encoder.pos_embed"
+    student_move = (straight[student_key] - start[student_key]).abs().sum()
+    teacher_move = (straight[teacher_key] - start[teacher_key]).abs().sum()
     assert 0 < teacher_move < student_move
 
 
