@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from .allocator import keep_freed_memory
+
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -127,11 +129,14 @@ __all__ = ["CONFIG_SUFFIXES", "check_training_arguments", "config_file_values", 
            "require_at_least", "trainer_checkpoints"]
 
 
-def setup_logging(args) -> None:
-    """The scripts' log format; INFO on the processes that should log (rank 0), else WARNING."""
+def setup_training_process(args) -> None:
+    """What every Trainer script sets up once its arguments are read: the log format (INFO on
+    the processes that should log, rank 0, else WARNING), and freed memory kept in the process
+    so that no step faults its activations in afresh (`mfm_hub.allocator`)."""
     import logging
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    keep_freed_memory()
 
 
 def resolve_learning_rate(args) -> float:

@@ -35,8 +35,14 @@ from transformers import AutoModelForImageClassification, HfArgumentParser, Trai
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.allocator import keep_freed_memory
-from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least, resolve_learning_rate, setup_logging
+from mfm_hub.arguments import (
+    check_training_arguments,
+    guard_output_dir,
+    require,
+    require_at_least,
+    resolve_learning_rate,
+    setup_training_process,
+)
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import dataset_reference, decode_image, first_examples
 from mfm_hub.visualization import logged_series, plot_confusion_matrix, plot_validation_curve
@@ -222,8 +228,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, ClassificationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
-    setup_logging(args)
-    keep_freed_memory()  # no page faults on every step's fresh activations (mfm_hub.allocator)
+    setup_training_process(args)
     set_seed(args.seed)
 
     train, image_column, class_names = evaluation.load_labelled_split(

@@ -43,7 +43,6 @@ from transformers.trainer_pt_utils import safe_globals
 
 import mfm_hub
 from mfm_hub import data as mfm_data
-from mfm_hub.allocator import keep_freed_memory
 from mfm_hub.arguments import (
     CONFIG_SUFFIXES,
     check_training_arguments,
@@ -52,7 +51,7 @@ from mfm_hub.arguments import (
     require,
     require_at_least,
     resolve_learning_rate,
-    setup_logging,
+    setup_training_process,
     trainer_checkpoints,
 )
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
@@ -469,8 +468,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
     if args.resume_from_checkpoint:
         check_resumable(args.resume_from_checkpoint, args.world_size)
-    setup_logging(args)
-    keep_freed_memory()  # no page faults on every step's fresh activations (mfm_hub.allocator)
+    setup_training_process(args)
     push_to = args.hub_model_id if args.push_to_hub else None
     if args.push_to_hub and not push_to:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/mfm-vit-small).")

@@ -32,8 +32,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, UperNetCo
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.allocator import keep_freed_memory
-from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least, setup_logging
+from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least, setup_training_process
 from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.data import IMAGE_EXTENSIONS, dataset_reference, decode_image, first_examples
 from mfm_hub.image_processing import segmentation_image_processor
@@ -211,8 +210,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, SegmentationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
-    setup_logging(args)
-    keep_freed_memory()  # no page faults on every step's fresh activations (mfm_hub.allocator)
+    setup_training_process(args)
     set_seed(args.seed)
     train, test = load_split(data_args, data_args.train_split), load_split(data_args, data_args.eval_split)
     train, test = first_examples(train, data_args.max_train_samples), first_examples(test, data_args.max_eval_samples)
