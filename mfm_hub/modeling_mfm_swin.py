@@ -124,6 +124,17 @@ class MFMSwinModel(MFMSwinPreTrainedModel):
         """``(B, 8 * embed_dim)``: the global average of the normed last map."""
         return self(pixel_values).pooler_output
 
+    def timm_architecture(self) -> tuple[str, dict, str]:
+        """timm's name and arguments for this encoder, and its classifier's name (`mfm_hub.timm_export`):
+        timm's SwinTransformer with this config's shape, in the same dynamic-size mode, pooling
+        the normed last map as ``pooler_output`` does."""
+        config = self.config
+        arguments = dict(img_size=config.image_size, patch_size=config.patch_size, in_chans=config.num_channels,
+                         embed_dim=config.embed_dim, depths=tuple(config.depths), num_heads=tuple(config.num_heads),
+                         window_size=config.window_size, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+                         dynamic_img_size=True, global_pool="avg")
+        return "swin_tiny_patch4_window7_224", arguments, "head.fc"
+
     def official_encoder_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The official code's Swin (Microsoft's original) merges patches at the *end* of a
         stage and stores its index / mask buffers; timm merges at the start of the next stage

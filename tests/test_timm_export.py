@@ -6,9 +6,9 @@ import json
 import pytest
 import timm
 import torch
-from conftest import tiny_resnet_config, tiny_vit_config
+from conftest import tiny_resnet_config, tiny_swin_config, tiny_vit_config
 
-from mfm_hub import MFMResNetConfig, MFMResNetModel, MFMViTForImageClassification, MFMViTModel
+from mfm_hub import MFMResNetConfig, MFMResNetModel, MFMSwinForImageClassification, MFMViTForImageClassification, MFMViTModel
 from mfm_hub.timm_export import export_to_timm
 
 TOLERANCE = 1e-5
@@ -63,6 +63,22 @@ def test_resnet_loads_in_timm_with_equal_features(tmp_path):
     assert_same_features(model, ours, x)
     maps = load_local(tmp_path / "timm", features_only=True)(x)
     assert [m.shape[1] for m in maps] == [64, 64, 128, 256, 512]
+
+
+def test_swin_loads_in_timm_with_equal_features_and_logits(tmp_path):
+    config = tiny_swin_config(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    ours = MFMSwinForImageClassification(config).eval()
+    with torch.no_grad():
+        ours.classifier.bias.normal_()  # a zero-initialised bias would hide a missing one
+    export_to_timm(ours, tmp_path / "timm")
+    model = load_local(tmp_path / "timm")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ours.mfm_swin(x)
+        assert torch.allclose(model.forward_features(x).permute(0, 3, 1, 2), expected.last_hidden_state, atol=TOLERANCE)
+        assert torch.allclose(model(x), ours(x).logits, atol=TOLERANCE)
+    maps = load_local(tmp_path / "timm", features_only=True)(x)
+    assert [m.shape[-1] for m in maps] == [24, 48, 96, 192]  # timm's Swin feature maps are NHWC
 
 
 def test_unsupported_models_say_what_is_missing(tmp_path):
