@@ -66,6 +66,24 @@ def random_masks(batch, size):
     return torch.stack([low if i % 2 else 1 - low for i in range(batch)]).unsqueeze(1)
 
 
+def assert_map_family_parity(reference: ReferenceMFM, arch: str, model_class, size: int, tmp_path) -> None:
+    """Save ``reference`` (randomised) like the release, convert it as ``arch`` and compare the
+    stride-32 feature map, the reconstruction and the loss, relative to their scale."""
+    randomize_(reference)
+    reference.eval()
+    save_like_the_release(reference.state_dict(), tmp_path / "release.pth")
+    convert(tmp_path / "release.pth", arch, tmp_path / "hf")
+    ours = model_class.from_pretrained(tmp_path / "hf").eval()
+    x, mask = torch.rand(2, 3, size, size), random_masks(2, size)
+    with torch.no_grad():
+        ref_features, ref_rec, ref_loss = reference(x, mask)
+        out = ours(x, frequency_mask=mask)
+        features = ours.base_model((out.corrupted_pixel_values - MEAN) / STD).last_hidden_state
+    assert torch.allclose(features, ref_features, atol=TOLERANCE * ref_features.abs().max())
+    assert torch.allclose(out.reconstruction, ref_rec, atol=TOLERANCE * ref_rec.abs().max())
+    assert abs(out.loss.item() - ref_loss.item()) < TOLERANCE * abs(ref_loss.item())
+
+
 def test_vit_pretrained_checkpoint_parity(tmp_path):
     reference = ReferenceMFM(official_vit(), stride=4, features=192)
     randomize_(reference)
@@ -88,19 +106,7 @@ def test_vit_pretrained_checkpoint_parity(tmp_path):
 
 def test_resnet_pretrained_checkpoint_parity(tmp_path):
     reference = ReferenceMFM(official_resnet50(), stride=32, features=2048)
-    randomize_(reference)
-    reference.eval()
-    save_like_the_release(reference.state_dict(), tmp_path / "mfm_r50.pth")
-    convert(tmp_path / "mfm_r50.pth", "resnet50", tmp_path / "hf")
-    ours = MFMResNetForPreTraining.from_pretrained(tmp_path / "hf").eval()
-    x, mask = torch.rand(2, 3, 64, 64), random_masks(2, 64)
-    with torch.no_grad():
-        ref_features, ref_rec, ref_loss = reference(x, mask)
-        out = ours(x, frequency_mask=mask)
-        features = ours.mfm_resnet((out.corrupted_pixel_values - MEAN) / STD).last_hidden_state
-    assert torch.allclose(features, ref_features, atol=TOLERANCE * ref_features.abs().max())
-    assert torch.allclose(out.reconstruction, ref_rec, atol=TOLERANCE * ref_rec.abs().max())
-    assert abs(out.loss.item() - ref_loss.item()) < TOLERANCE * abs(ref_loss.item())
+    assert_map_family_parity(reference, "resnet50", MFMResNetForPreTraining, 64, tmp_path)
 
 
 def test_vit_finetuned_checkpoint_parity(tmp_path):
@@ -301,20 +307,8 @@ def test_swin_pretrained_checkpoint_parity(tmp_path):
 
     encoder = OfficialSwin(224, 96, (2, 2, 6, 2), (3, 6, 12, 24), window=7)  # swin-tiny-patch4-window7-224
     reference = ReferenceMFM(encoder, stride=32, features=768)  # encodes with forward_features: the normed stride-32 map
-    randomize_(reference)
-    reference.eval()
-    save_like_the_release(reference.state_dict(), tmp_path / "mfm_swin.pth")
     assert any(key.endswith("attn_mask") for key in reference.state_dict())  # buffers the release stores
-    convert(tmp_path / "mfm_swin.pth", "swin-tiny-patch4-window7-224", tmp_path / "hf")
-    ours = MFMSwinForPreTraining.from_pretrained(tmp_path / "hf").eval()
-    x, mask = torch.rand(2, 3, 224, 224), random_masks(2, 224)
-    with torch.no_grad():
-        ref_features, ref_rec, ref_loss = reference(x, mask)
-        out = ours(x, frequency_mask=mask)
-        features = ours.mfm_swin((out.corrupted_pixel_values - MEAN) / STD).last_hidden_state
-    assert torch.allclose(features, ref_features, atol=TOLERANCE * ref_features.abs().max())
-    assert torch.allclose(out.reconstruction, ref_rec, atol=TOLERANCE * ref_rec.abs().max())
-    assert abs(out.loss.item() - ref_loss.item()) < TOLERANCE * abs(ref_loss.item())
+    assert_map_family_parity(reference, "swin-tiny-patch4-window7-224", MFMSwinForPreTraining, 224, tmp_path)
 
 
 @pytest.mark.parametrize("size", [32, 224])
