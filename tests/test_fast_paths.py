@@ -145,3 +145,12 @@ def test_kept_freed_memory_is_reused_without_page_faults():
     assert applied and not default_applied
     assert default_faults > 5 * 16_000  # 64 MiB is 16,384 pages of 4 KiB, faulted in again on every allocation
     assert faults < 1_000
+
+
+def test_folk_traces_whole_too():
+    from mfm_hub import FOLKViTForPreTraining
+
+    model = FOLKViTForPreTraining(tiny_vit_config(corruption="informed", folk_head_output_dim=64, folk_head_hidden_dim=32,
+                                                  folk_head_bottleneck_dim=16)).train()
+    explanation = torch._dynamo.explain(model)(torch.rand(4, 2, 3, 32, 32))
+    assert explanation.graph_break_count == 0, [str(reason.reason) for reason in explanation.break_reasons]
