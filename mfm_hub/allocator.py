@@ -3,11 +3,11 @@
 PyTorch allocates CPU tensors with ``malloc``. glibc serves large blocks with ``mmap`` (the
 threshold adapts, up to 32 MiB) and returns freed memory at the top of the heap to the
 kernel, so every training step maps its activations afresh and touches them in page by page:
-measured on the README's CPU, 51,000 page faults per ViT-S/16 bf16 step at batch 8, 103,000
-per ``vit-tiny-patch4-32`` fp32 step at batch 64 and 347,000 per ViT-S/16 fp32 step at batch
-32, against none to 4,700 with the settings below, which made those steps 1.17x, 1.11x and
-1.16x faster (README, "Speed"). The cost is that the process keeps its peak memory mapped
-until it exits, which a training process does anyway.
+51,000 page faults per ViT-S/16 bf16 step at batch 8, 103,000 per ``vit-tiny-patch4-32`` fp32
+step at batch 64, none with the settings below. On the README's 2-core CPU that made the
+pre-training step 1.07x (ViT-S/16 bf16), 1.12x (ViT-S/16 fp32) and 1.08-1.09x
+(``vit-tiny-patch4-32``) faster, with the same peak memory within 2% (README, "Speed").
+The process keeps what it freed mapped until it exits, which a training process does anyway.
 """
 
 from __future__ import annotations
