@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_convert_official import OfficialStyleMFM, official_vit, save_like_the_release
+from test_convert_official import ReferenceMFM, official_vit, save_like_the_release
 
 from mfm_hub import MFMViTForPreTraining
 from mfm_hub.arguments import guard_output_dir
@@ -67,7 +67,7 @@ def test_pretraining_points_at_resuming_and_a_resume_is_allowed(earlier_run):
 
 
 def test_the_converter_writes_over_only_when_asked(tmp_path):
-    save_like_the_release(OfficialStyleMFM(official_vit(), stride=4, features=192).state_dict(), tmp_path / "mfm.pth")
+    save_like_the_release(ReferenceMFM(official_vit(), stride=4, features=192).state_dict(), tmp_path / "mfm.pth")
     common = ["--checkpoint", str(tmp_path / "mfm.pth"), "--arch", "vit-tiny-patch4-32", "--output", str(tmp_path / "hf")]
     convert_main(common)
     first = snapshot(tmp_path / "hf")

@@ -7,8 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from test_convert_official import MEAN, STD, TOLERANCE, OfficialStyleMFM, random_masks, randomize_, save_like_the_release
-from timm.models.resnet import Bottleneck, ResNet
+from test_convert_official import MEAN, STD, TOLERANCE, ReferenceMFM, official_resnet50, random_masks, randomize_, save_like_the_release
 
 from mfm_hub import MFMResNetForPreTraining, MFMResNetModel, zoo
 
@@ -59,7 +58,7 @@ class FileServer:
 @pytest.fixture(scope="module")
 def official_r50(tmp_path_factory):
     """An official-format MFM ResNet-50 pre-training file (random weights) and its module."""
-    reference = OfficialStyleMFM(ResNet(block=Bottleneck, layers=[3, 4, 6, 3], num_classes=0), stride=32, features=2048)
+    reference = ReferenceMFM(official_resnet50(), stride=32, features=2048)
     randomize_(reference)
     path = tmp_path_factory.mktemp("release") / "mfm_r50.pth"
     save_like_the_release(reference.state_dict(), path)
