@@ -125,26 +125,28 @@ FAULTS_SCRIPT = """
 import resource, sys, torch
 from mfm_hub.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
-for _ in range(3):  # 64 MiB, allocated and freed a few times before counting (glibc settles in two)
+faults = []
+for _ in range(30):  # 64 MiB allocated, touched and freed, as a training step's activations are
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(2**24).fill_(1.0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    torch.empty(2**24).fill_(1.0)
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, *faults)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_kept_freed_memory_is_reused_without_page_faults():
-    def run(mode):
+    def faulting_allocations(mode):
         output = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True).stdout.split()
-        return output[0] == "True", int(output[1])
+        return output[0] == "True", sum(int(faults) > 1_000 for faults in output[1:])
 
-    applied, faults = run("keep")
-    default_applied, default_faults = run("default")
+    applied, faulting = faulting_allocations("keep")
+    default_applied, default_faulting = faulting_allocations("default")
     assert applied and not default_applied
-    assert default_faults > 5 * 16_000  # 64 MiB is 16,384 pages of 4 KiB, faulted in again on every allocation
-    assert faults < 1_000
+    assert default_faulting == 30  # 16,384 pages of 4 KiB mapped and faulted in again on every allocation
+    # Kept memory is faulted in only while the heap grows to the working set: small allocations
+    # that land at its top can make it grow a few more times (at most 5 of 30 in 40 runs measured).
+    assert faulting <= 10
 
 
 def test_folk_traces_whole_too():
