@@ -24,7 +24,8 @@ machine hits them all alike; it prints each one's median step, the spread (25th-
 percentile) and the ratio of the first contender's median to each one's. Contenders
 (`CONTENDERS`): ``reference`` (the official structure, `reference_mfm.py`: BEiT attention
 written out, host-built masks copied in, FFTs as the official forward, PyTorch's default
-AdamW), ``ours`` (our default path: what the scripts run), and ``ours`` with one switch
+AdamW), ``reference-encoder`` (the reference's encoder alone, forward + backward: the floor
+for any step that keeps its kernels), ``ours`` (our default path: what the scripts run), and ``ours`` with one switch
 changed (``ours-sdpa``, ``ours-math``, ``ours-compiled``, ``ours-contiguous`` (ResNet without channels-last),
 ``ours-foreach-adamw``) to measure each switch.
 """
@@ -144,15 +145,20 @@ REFERENCE_ENCODERS = {
 }
 
 
-def reference_step(config, pixels, dtype_name, state) -> Step:
-    """The official structure (`reference_mfm.py`) with our weights: host-built masks copied
-    in, the official forward under autocast, clipping at 3.0, PyTorch's default AdamW."""
+def reference_model(config, device, state) -> ReferenceMFM:
+    """The official structure (`reference_mfm.py`) holding our weights."""
     if type(config) not in REFERENCE_ENCODERS or (isinstance(config, MFMResNetConfig) and list(config.layers) != [3, 4, 6, 3]):
         raise ValueError(f"The reference reproduces the official ViT and ResNet-50, not {config.summary()}.")
     reference = ReferenceMFM(REFERENCE_ENCODERS[type(config)](config), config.encoder_stride, config.num_features)
     prefix = family_of(config).model.base_model_prefix + "."
     reference.load_state_dict({key.removeprefix(prefix): value for key, value in state.items()})
-    reference = reference.to(pixels.device).train()
+    return reference.to(device).train()
+
+
+def reference_step(config, pixels, dtype_name, state) -> Step:
+    """The official structure with our weights: host-built masks copied in, the official
+    forward under autocast, clipping at 3.0, PyTorch's default AdamW."""
+    reference = reference_model(config, pixels.device, state)
     size = config.image_size
     masks = HostMasks(size, radius=config.mask_radius * size / 224, low_pass_prob=config.low_pass_prob)
     optimizer = adamw(reference.parameters(), fused=None)
@@ -170,9 +176,26 @@ def reference_step(config, pixels, dtype_name, state) -> Step:
     return Step(run, reference)
 
 
+def reference_encoder_step(config, pixels, dtype_name, state) -> Step:
+    """The reference's encoder alone: forward and backward of its blocks on the step's images
+    under the same autocast, without masking, decoder, loss, clipping or optimizer. A step
+    that runs these kernels unchanged cannot be faster than this, whatever it does around them."""
+    reference = reference_model(config, pixels.device, state)
+    autocast_dtype = DTYPES[dtype_name]
+
+    def run():
+        with torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            features = reference.encode(pixels)
+        features.float().sum().backward()
+        reference.zero_grad(set_to_none=True)
+
+    return Step(run, reference)
+
+
 #: contender name -> builder(config, pixels, dtype name, shared state dict) -> Step
 CONTENDERS: dict[str, Callable[..., Step]] = {
     "reference": reference_step,
+    "reference-encoder": reference_encoder_step,
     "ours": lambda c, x, d, s: our_step(c, x, d, state=s),
     "ours-sdpa": lambda c, x, d, s: our_step(c, x, d, state=s, attention_backend="sdpa"),
     "ours-math": lambda c, x, d, s: our_step(c, x, d, state=s, attention_backend="math"),
@@ -229,7 +252,9 @@ def side_by_side(name, dtype_name, batch_size, device, rounds, contenders, peak)
     pixels = torch.rand(batch_size, 3, config.image_size, config.image_size, device=device)
     state = AutoModelForPreTraining.from_config(config).state_dict()
     steps = {contender: CONTENDERS[contender](config, pixels, dtype_name, state) for contender in contenders}
-    flops = step_flops(our_step(config, pixels, dtype_name, state=state))
+    # each contender's own FLOPs (one extra step of it), the eager step's for compiled ones
+    step_flop_counts = {contender: step_flops(CONTENDERS[contender.replace("-compiled", "")](config, pixels, dtype_name, state))
+                        for contender in contenders}
     for _ in range(3):  # warm-up (and compilation, which takes a few calls)
         for step in steps.values():
             step.run()
@@ -245,7 +270,7 @@ def side_by_side(name, dtype_name, batch_size, device, rounds, contenders, peak)
         rows.append({
             "model": name, "dtype": dtype_name, "batch": batch_size, "contender": contender, "rounds": rounds,
             "median_ms": 1000 * median, "p25_ms": 1000 * ordered[rounds // 4], "p75_ms": 1000 * ordered[(3 * rounds) // 4],
-            "images_per_s": batch_size / median, "share_of_matmul_peak": flops / median / peak,
+            "images_per_s": batch_size / median, "share_of_matmul_peak": step_flop_counts[contender] / median / peak,
             "speedup_vs_first": baseline / median,
         })
     return rows

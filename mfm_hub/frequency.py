@@ -156,6 +156,26 @@ def informed_masks(
 # --------------------------------------------------------------------------------------
 
 
+def mirrored(weights: torch.Tensor) -> torch.Tensor:
+    """``w(-f)`` for a map ``w`` over the FFT's own (unshifted) frequency grid ``(..., H, W)``:
+    index ``(u, v)`` reads ``(-u mod H, -v mod W)``."""
+    return torch.roll(torch.flip(weights, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+
+
+def fold_to_onesided(weights: torch.Tensor) -> torch.Tensor:
+    """Weights over the full unshifted grid ``(..., H, W)`` -> weights over ``rfft2``'s half
+    grid ``(..., H, W // 2 + 1)`` with ``sum(w * d) == sum(fold(w) * d_half)`` for every ``d``
+    with ``d(f) == d(-f)``, as any function of ``|FFT|`` of a real image: each dropped
+    frequency's weight moves to its mirror; the columns that are their own mirror (0, and
+    ``W / 2`` for even ``W``) keep their own."""
+    width = weights.shape[-1]
+    half = width // 2 + 1
+    folded = weights[..., :half] + mirrored(weights)[..., :half]
+    self_mirrored = [0, width // 2] if width % 2 == 0 else [0]
+    folded[..., self_mirrored] = weights[..., self_mirrored]
+    return folded
+
+
 def apply_frequency_mask(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Filter ``images`` in the frequency domain as the official MFM code does:
     ``clamp(real(ifft2(ifftshift(fftshift(fft2(x)) * mask))), 0, 1)``.
@@ -163,12 +183,18 @@ def apply_frequency_mask(images: torch.Tensor, masks: torch.Tensor) -> torch.Ten
     ``images`` are in [0, 1]; ``masks`` broadcast against ``(B, C, H, W)``. The result has
     the dtype of ``images``. The clamp matters: a high-pass image has no DC component, so
     about half of its pixels clip to 0.
+
+    Computed on half the spectrum: for a real image the real part of the filtered image is
+    the filter with the symmetric mask ``(M(f) + M(-f)) / 2`` (identical to ``M`` for the
+    MFM circles), whose output is real, so ``rfft2`` / ``irfft2`` give the same result with
+    half the transform work.
     """
     with _float32_fft_region(images.device):
-        # multiplying the unshifted spectrum by the unshifted mask is the same permutation
-        # of the same products, and saves two shifts of the (larger) spectrum
-        spectrum = torch.fft.fft2(images.float())
-        filtered = torch.fft.ifft2(spectrum * torch.fft.ifftshift(masks.float(), dim=(-2, -1))).real
+        unshifted = torch.fft.ifftshift(masks.float(), dim=(-2, -1))
+        symmetric = (unshifted + mirrored(unshifted)) / 2
+        half = images.shape[-1] // 2 + 1
+        spectrum = torch.fft.rfft2(images.float())
+        filtered = torch.fft.irfft2(spectrum * symmetric[..., :half], s=images.shape[-2:])
     return filtered.clamp(0.0, 1.0).to(images.dtype)
 
 
@@ -251,11 +277,12 @@ def frequency_distance(
     log_matrix: bool = False,
     batch_matrix: bool = False,
     average_spectrum: bool = False,
-    shifted: bool = True,
+    layout: str = "shifted",
 ) -> torch.Tensor:
-    """Per-frequency distance of the focal frequency loss, ``(B, C, H, W)`` in shifted
-    coordinates, or in the FFT's own order with ``shifted=False`` (for a loss that sums over
-    frequencies with a mask in the same order: it saves shifting the spectrum).
+    """Per-frequency distance of the focal frequency loss: ``(B, C, H, W)`` in shifted
+    coordinates (``layout="shifted"``), or ``(B, C, H, W // 2 + 1)``, ``rfft2``'s half of the
+    spectrum in the FFT's own order (``layout="onesided"``, for `masked_frequency_loss`: the
+    distance of real images is symmetric, ``d(f) == d(-f)``, so half the spectrum holds it all).
 
     Both inputs are transformed with an orthonormal 2-D FFT in float32; the distance at each
     frequency is ``sqrt(dRe^2 + dIm^2 + 1e-12) ** loss_gamma``. With ``focal_weighting`` it
@@ -263,17 +290,23 @@ def frequency_distance(
     channel (or per batch with ``batch_matrix``), optionally log-scaled. MFM uses none of the
     focal options (``loss_gamma=1``, no weighting).
     """
+    if layout not in ("shifted", "onesided"):
+        raise ValueError(f"`layout` must be 'shifted' or 'onesided', got {layout!r}.")
     with _float32_fft_region(prediction.device):
         # the FFT is linear: one transform of the difference instead of one per input
         residual = prediction.float() - target.float()
         if average_spectrum:
             residual = residual.mean(0, keepdim=True)
-        diff = torch.fft.fft2(residual, norm="ortho")
-        if shifted:
-            diff = torch.fft.fftshift(diff, dim=(-2, -1))
-        squared = diff.real**2 + diff.imag**2
-        distance = torch.sqrt(squared + 1e-12) ** loss_gamma
+        if layout == "onesided":
+            diff = torch.fft.rfft2(residual, norm="ortho")
+        else:
+            diff = torch.fft.fftshift(torch.fft.fft2(residual, norm="ortho"), dim=(-2, -1))
+        squared = torch.view_as_real(diff).square().sum(-1)
+        distance = torch.sqrt(squared + 1e-12)
+        if loss_gamma != 1:
+            distance = distance**loss_gamma
         if focal_weighting:
+            # the largest |d| of the half spectrum is the largest of the whole one
             weight = torch.sqrt(squared.detach()) ** matrix_gamma
             if log_matrix:
                 weight = torch.log1p(weight)
@@ -283,20 +316,33 @@ def frequency_distance(
     return distance
 
 
-def masked_frequency_loss(distance: torch.Tensor, masks: Optional[torch.Tensor]) -> torch.Tensor:
+def masked_frequency_loss(distance: torch.Tensor, masks: Optional[torch.Tensor], onesided_width: Optional[int] = None) -> torch.Tensor:
     """Reduce a per-frequency distance ``(B, C, H, W)`` to the MFM loss.
 
-    With ``masks`` (``(B, 1, H, W)``, 1 = kept) only the **removed** frequencies count, and
-    the normaliser is one ratio over the whole batch, as in the official code::
+    With ``masks`` (``(B, 1, H, W)``, 1 = kept, in the same frequency order as ``distance``)
+    only the **removed** frequencies count, and the normaliser is one ratio over the whole
+    batch, as in the official code::
 
         sum_{b,c,u,v} d * (1 - M) / sum_{b,u,v} (1 - M) / C
 
     so images that lost many frequencies (low-pass) weigh more than those that lost few.
     With ``masks=None`` every frequency counts (the "all" target of SR/deblur/denoise).
+
+    With ``onesided_width`` (the images' width), ``distance`` is the one-sided half
+    (``frequency_distance(layout="onesided")``), ``masks`` are full-size in the FFT's own order,
+    and the loss is the same number as over the full spectrum.
     """
     if masks is None:
-        return distance.mean()
+        if onesided_width is None:
+            return distance.mean()
+        multiplicity = fold_to_onesided(distance.new_ones(distance.shape[-2], onesided_width))
+        return (distance * multiplicity).sum() / (distance.shape[:-1].numel() * onesided_width)
     removed = 1.0 - masks.float()
+    if onesided_width is not None:
+        if masks.shape[-1] != onesided_width or distance.shape[-1] != onesided_width // 2 + 1:
+            raise ValueError(f"One-sided distances of {onesided_width}-wide images need masks {onesided_width} wide and "
+                             f"distances {onesided_width // 2 + 1} wide, got {masks.shape[-1]} and {distance.shape[-1]}.")
+        return (distance * fold_to_onesided(removed)).sum() / removed.sum().clamp_min(1.0) / distance.shape[1]
     return (distance * removed).sum() / removed.sum().clamp_min(1.0) / distance.shape[1]
 
 
@@ -317,11 +363,13 @@ __all__ = [
     "apply_frequency_mask",
     "circle_mask",
     "downsample_upsample",
+    "fold_to_onesided",
     "frequency_distance",
     "gaussian_blur",
     "gaussian_kernel",
     "informed_masks",
     "masked_frequency_loss",
+    "mirrored",
     "sample_circle_masks",
     "spectrum_image",
     "validate_probability",

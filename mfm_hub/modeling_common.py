@@ -137,7 +137,8 @@ def corrupt(
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, frequency_mask, config) -> torch.Tensor:
-    """The MFM frequency loss between the prediction and the normalised original."""
+    """The MFM frequency loss between the prediction and the normalised original, summed over
+    ``rfft2``'s half of the spectrum (the same number as over the whole, for half the work)."""
     distance = frequency_distance(
         reconstruction, target,
         loss_gamma=config.loss_gamma,
@@ -145,12 +146,13 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, freq
         matrix_gamma=config.focal_matrix_gamma,
         log_matrix=config.focal_log_matrix,
         batch_matrix=config.focal_batch_matrix,
-        shifted=False,
+        layout="onesided",
     )
+    width = target.shape[-1]
     if config.loss_target != "masked":
-        return masked_frequency_loss(distance, None)
+        return masked_frequency_loss(distance, None, onesided_width=width)
     # the loss is a sum over frequencies: the (small) mask moves to the FFT's order, not the spectrum
-    return masked_frequency_loss(distance, torch.fft.ifftshift(frequency_mask, dim=(-2, -1)))
+    return masked_frequency_loss(distance, torch.fft.ifftshift(frequency_mask, dim=(-2, -1)), onesided_width=width)
 
 
 def linear_decoder(in_channels: int, stride: int, out_channels: int) -> nn.Sequential:

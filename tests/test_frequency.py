@@ -81,6 +81,45 @@ def test_apply_frequency_mask_matches_reference(size):
     assert (high_pass == 0).float().mean() > 0.3  # the clamp clips about half the pixels
 
 
+@pytest.mark.parametrize("size", [(16, 16), (15, 20), (21, 17)])
+def test_half_spectrum_filter_equals_the_full_filter_for_any_mask(size):
+    """`apply_frequency_mask` runs rfft2/irfft2; for asymmetric masks (informed masks can break
+    ties one-sidedly) it must still equal the literal full-spectrum formula, odd sides included."""
+    x = torch.rand(4, 3, *size, dtype=torch.float64).float()
+    masks = (torch.rand(4, 1, *size, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    unshifted = torch.fft.ifftshift(masks, dim=(-2, -1))
+    assert not torch.equal(unshifted, fq.mirrored(unshifted))  # really asymmetric
+    assert torch.allclose(fq.apply_frequency_mask(x, masks), reference_corrupt(x, masks), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (15, 20), (21, 17)])
+@pytest.mark.parametrize("focal", [False, True])
+def test_onesided_loss_equals_the_full_spectrum_loss_and_gradients(size, focal):
+    pred = torch.randn(3, 3, *size, requires_grad=True)
+    target = torch.randn(3, 3, *size)
+    masks = (torch.rand(3, 1, *size, generator=torch.Generator().manual_seed(1)) < 0.3).float()  # FFT order, asymmetric
+    options = dict(focal_weighting=focal, matrix_gamma=2.0, log_matrix=focal)
+    for mask in (masks, None):
+        full = fq.masked_frequency_loss(torch.fft.ifftshift(fq.frequency_distance(pred, target, **options), dim=(-2, -1)), mask)
+        half = fq.masked_frequency_loss(fq.frequency_distance(pred, target, layout="onesided", **options), mask, onesided_width=size[1])
+        full_grad, = torch.autograd.grad(full, pred)
+        half_grad, = torch.autograd.grad(half, pred)
+        assert torch.allclose(half, full, rtol=1e-6)
+        assert torch.allclose(half_grad, full_grad, rtol=1e-5, atol=1e-9)
+
+
+def test_fold_to_onesided_keeps_every_weight_once():
+    weights = torch.arange(5 * 6, dtype=torch.float32).view(5, 6)
+    folded = fq.fold_to_onesided(weights)
+    assert folded.shape == (5, 4)
+    assert folded.sum() == weights.sum()
+    # column 1 also carries column 5 (= -1) of the mirrored row; columns 0 and 3 are their own mirrors
+    assert folded[2, 1] == weights[2, 1] + weights[3, 5]
+    assert folded[2, 0] == weights[2, 0] and folded[2, 3] == weights[2, 3]
+    with pytest.raises(ValueError, match="need masks 6 wide"):
+        fq.masked_frequency_loss(torch.ones(1, 3, 5, 4), torch.ones(1, 1, 5, 7), onesided_width=6)
+
+
 def test_apply_frequency_mask_runs_fft_in_float32_under_autocast():
     x = torch.rand(2, 3, 16, 16)
     masks = fq.sample_circle_masks(2, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -65,6 +65,19 @@ def test_vit_state_dict_has_the_official_layout():
     assert not any(k.endswith("qkv.bias") or "k_bias" in k or "gamma" in k or "relative_position" in k for k in keys)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)])
+def test_vit_patch_embedding_as_one_matmul_equals_timms_convolution(size):
+    model = MFMViTModel(tiny_vit_config())
+    pixels = torch.randn(2, 3, *size)
+    ours = model.embed_patches(pixels)
+    assert torch.allclose(ours, model.encoder.patch_embed(pixels), atol=1e-5)
+    ours.sum().backward()
+    weight_grad = model.encoder.patch_embed.proj.weight.grad.clone()
+    model.zero_grad()
+    model.encoder.patch_embed(pixels).sum().backward()
+    assert torch.allclose(weight_grad, model.encoder.patch_embed.proj.weight.grad, rtol=1e-5, atol=1e-4)
+
+
 def test_vit_init_follows_beit():
     model = MFMViTModel(tiny_vit_config(num_hidden_layers=8))
     enc = model.encoder
