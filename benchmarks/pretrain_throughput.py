@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForPreTraining
 
@@ -205,8 +206,19 @@ CONTENDERS: dict[str, Callable[..., Step]] = {
 }
 
 
+#: PyTorch's FLOP counter knows the CUDA attention kernels but not the CPU one that "sdpa" runs
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: (
+        lambda query, key, value, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(query, key, value)
+    ),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        lambda grad_out, query, key, value, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+    ),
+}
+
+
 def step_flops(step: Step) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         step.run()
     return counter.get_total_flops()
 
