@@ -264,9 +264,12 @@ def side_by_side(name, dtype_name, batch_size, device, rounds, contenders, peak)
     pixels = torch.rand(batch_size, 3, config.image_size, config.image_size, device=device)
     state = AutoModelForPreTraining.from_config(config).state_dict()
     steps = {contender: CONTENDERS[contender](config, pixels, dtype_name, state) for contender in contenders}
-    # each contender's own FLOPs (one extra step of it), the eager step's for compiled ones
-    step_flop_counts = {contender: step_flops(CONTENDERS[contender.replace("-compiled", "")](config, pixels, dtype_name, state))
-                        for contender in contenders}
+    # each contender's own FLOPs (one extra step of it); a compiled one's from its eager twin
+    step_flop_counts = {
+        contender: step_flops(CONTENDERS[contender.removesuffix("-compiled")](config, pixels, dtype_name, state))
+        if contender.endswith("-compiled") else step_flops(step)
+        for contender, step in steps.items()
+    }
     for _ in range(3):  # warm-up (and compilation, which takes a few calls)
         for step in steps.values():
             step.run()

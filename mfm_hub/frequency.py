@@ -338,12 +338,13 @@ def masked_frequency_loss(distance: torch.Tensor, masks: Optional[torch.Tensor],
         multiplicity = fold_to_onesided(distance.new_ones(distance.shape[-2], onesided_width))
         return (distance * multiplicity).sum() / (distance.shape[:-1].numel() * onesided_width)
     removed = 1.0 - masks.float()
+    weights = removed
     if onesided_width is not None:
         if masks.shape[-1] != onesided_width or distance.shape[-1] != onesided_width // 2 + 1:
             raise ValueError(f"One-sided distances of {onesided_width}-wide images need masks {onesided_width} wide and "
                              f"distances {onesided_width // 2 + 1} wide, got {masks.shape[-1]} and {distance.shape[-1]}.")
-        return (distance * fold_to_onesided(removed)).sum() / removed.sum().clamp_min(1.0) / distance.shape[1]
-    return (distance * removed).sum() / removed.sum().clamp_min(1.0) / distance.shape[1]
+        weights = fold_to_onesided(removed)
+    return (distance * weights).sum() / removed.sum().clamp_min(1.0) / distance.shape[1]
 
 
 def spectrum_image(images: torch.Tensor) -> torch.Tensor:
