@@ -5,7 +5,7 @@ built the way the official code builds MFM: timm's `Beit` / `ResNet` with the of
 arguments and key layout, a Conv1x1 + PixelShuffle decoder, and the masking / loss as the
 official forward does them. It is saved as the release does
 (a dict with ``model``, a pickled yacs ``CfgNode`` config, optimizer state and epoch),
-converted, and compared within 1e-5 in float32.
+converted, and compared in float32 within `parity.FLOAT32_NETWORK` of their magnitude.
 """
 
 import os
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity import FLOAT32_NETWORK, assert_close
 from torch import nn
 
 from mfm_hub import (
@@ -28,8 +29,6 @@ from mfm_hub.convert_official import convert, load_official_checkpoint, main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from reference_mfm import MEAN, STD, HostMasks, ReferenceMFM, official_resnet50, official_vit  # noqa: E402
-
-TOLERANCE = 1e-5
 
 
 def randomize_(module: nn.Module) -> None:
@@ -79,9 +78,9 @@ def assert_map_family_parity(reference: ReferenceMFM, arch: str, model_class, si
         ref_features, ref_rec, ref_loss = reference(x, mask)
         out = ours(x, frequency_mask=mask)
         features = ours.base_model((out.corrupted_pixel_values - MEAN) / STD).last_hidden_state
-    assert torch.allclose(features, ref_features, atol=TOLERANCE * ref_features.abs().max())
-    assert torch.allclose(out.reconstruction, ref_rec, atol=TOLERANCE * ref_rec.abs().max())
-    assert abs(out.loss.item() - ref_loss.item()) < TOLERANCE * abs(ref_loss.item())
+    assert_close(features, ref_features, FLOAT32_NETWORK, "features")
+    assert_close(out.reconstruction, ref_rec, FLOAT32_NETWORK, "reconstruction")
+    assert_close(out.loss, ref_loss, FLOAT32_NETWORK, "loss")
 
 
 def test_vit_pretrained_checkpoint_parity(tmp_path):
@@ -97,9 +96,9 @@ def test_vit_pretrained_checkpoint_parity(tmp_path):
         ref_features, ref_rec, ref_loss = reference(x, mask)
         out = ours(x, frequency_mask=mask, output_hidden_states=True)
         tokens = ours.mfm_vit(((out.corrupted_pixel_values - MEAN) / STD)).last_hidden_state[:, 1:]
-    assert torch.allclose(tokens.transpose(1, 2).reshape(ref_features.shape), ref_features, atol=TOLERANCE)
-    assert torch.allclose(out.reconstruction, ref_rec, atol=TOLERANCE)
-    assert abs(out.loss.item() - ref_loss.item()) < TOLERANCE
+    assert_close(tokens.transpose(1, 2).reshape(ref_features.shape), ref_features, FLOAT32_NETWORK, "features")
+    assert_close(out.reconstruction, ref_rec, FLOAT32_NETWORK, "reconstruction")
+    assert_close(out.loss, ref_loss, FLOAT32_NETWORK, "loss")
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "S-Lab License 1.0" in card and "mfm_vit.pth" in card
 
@@ -121,7 +120,7 @@ def test_vit_finetuned_checkpoint_parity(tmp_path):
     assert ours.config.use_mean_pooling and ours.config.num_labels == 10
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(ours(x).logits, reference(x), atol=TOLERANCE)
+        assert_close(ours(x).logits, reference(x), FLOAT32_NETWORK, "logits")
 
 
 def test_mismatching_keys_are_listed(tmp_path):

@@ -10,6 +10,7 @@ import torch._dynamo
 import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 from conftest import tiny_resnet_config, tiny_swin_config, tiny_vit_config
+from parity import BFLOAT16_GRADIENTS, FLOAT32_GRADIENTS, assert_close, relative_error
 
 from mfm_hub import MFMResNetForPreTraining, MFMSwinForPreTraining, MFMViTForPreTraining, MFMViTModel
 from mfm_hub.attention import ATTENTION_BACKENDS, MEASURED_FASTEST, resolve_attention_backend
@@ -19,8 +20,10 @@ FAMILIES = {
     "resnet": (MFMResNetForPreTraining, tiny_resnet_config),
     "swin": (MFMSwinForPreTraining, tiny_swin_config),
 }
-#: fp32 kernels differ only in summation order; bf16 rounds every matmul to 8 bits of mantissa
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+TOLERANCE = {torch.float32: FLOAT32_GRADIENTS, torch.bfloat16: BFLOAT16_GRADIENTS}
+#: channels-last bf16 gradients are at most this many times further from float32's than contiguous
+#: bf16 ones (measured 0.93-1.19 over 5 random inits; uncorrelated gradients would be ~8x)
+BF16_ERROR_RATIO = 2.0
 
 
 def loss_and_gradients(model, pixels, dtype):
@@ -53,8 +56,8 @@ def test_every_attention_backend_gives_the_same_loss_and_gradients(dtype, monkey
         loss, grads = loss_and_gradients(model, pixels, dtype)
         chosen = MEASURED_FASTEST[("cpu", dtype)] if backend == "auto" else backend
         assert len(calls) == (4 if chosen == "sdpa" else 0), backend  # one call per block when the fused kernel runs
-        torch.testing.assert_close(loss, expected_loss, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
-        torch.testing.assert_close(grads, expected_grads, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+        assert_close(loss, expected_loss, TOLERANCE[dtype], "loss")
+        assert_close(grads, expected_grads, TOLERANCE[dtype], "gradients")
 
 
 def test_auto_follows_the_measured_table_per_call():
@@ -93,8 +96,8 @@ def test_torch_compile_traces_masking_and_loss_whole_and_matches_eager(family):
         compiled = torch.compile(model)
         expected_loss, expected_grads = loss_and_gradients(model, pixels, torch.float32)
         loss, grads = loss_and_gradients(compiled, pixels, torch.float32)
-    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-5)
+    assert_close(loss, expected_loss, FLOAT32_GRADIENTS, "loss")
+    assert_close(grads, expected_grads, FLOAT32_GRADIENTS, "gradients")
 
 
 def test_resnet_runs_channels_last_from_init_and_from_a_checkpoint_with_the_same_results(tmp_path):
@@ -115,11 +118,18 @@ def test_resnet_runs_channels_last_from_init_and_from_a_checkpoint_with_the_same
     contiguous.to(memory_format=torch.contiguous_format)
     assert not channels_last(contiguous)
     pixels = torch.rand(4, 3, 64, 64)
-    for dtype in (torch.float32, torch.bfloat16):
-        expected_loss, expected_grads = loss_and_gradients(contiguous, pixels, dtype)
-        loss, grads = loss_and_gradients(model, pixels, dtype)
-        torch.testing.assert_close(loss, expected_loss, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
-        torch.testing.assert_close(grads, expected_grads, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+    expected_loss, expected_grads = loss_and_gradients(contiguous, pixels, torch.float32)
+    loss, grads = loss_and_gradients(model, pixels, torch.float32)
+    assert_close(loss, expected_loss, FLOAT32_GRADIENTS, "loss")
+    assert_close(grads, expected_grads, FLOAT32_GRADIENTS, "gradients")
+    # bf16 batch norm over a few values per channel scatters each path's gradients by ~20% (L2) from
+    # float32's, so the two bf16 paths are compared by their error against float32, not to each other
+    bf16_errors = {}
+    for name, candidate in (("contiguous", contiguous), ("channels-last", model)):
+        bf16_loss, bf16_grads = loss_and_gradients(candidate, pixels, torch.bfloat16)
+        assert_close(bf16_loss, expected_loss, BFLOAT16_GRADIENTS, f"{name} bf16 loss")
+        bf16_errors[name] = relative_error(bf16_grads, expected_grads, "l2")
+    assert bf16_errors["channels-last"] <= BF16_ERROR_RATIO * bf16_errors["contiguous"], bf16_errors
 
 
 FAULTS_SCRIPT = """

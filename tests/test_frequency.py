@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from parity import BFLOAT16_OUTPUT, FLOAT32_ONE_OP, assert_close
 
 from mfm_hub import frequency as fq
 
@@ -76,7 +77,7 @@ def test_apply_frequency_mask_matches_reference(size):
     x = torch.rand(3, 3, *size)
     masks = fq.sample_circle_masks(3, *size, generator=torch.Generator().manual_seed(1))
     ours = fq.apply_frequency_mask(x, masks)
-    assert torch.allclose(ours, reference_corrupt(x, masks), atol=1e-6)
+    assert_close(ours, reference_corrupt(x, masks), FLOAT32_ONE_OP, "corrupted")
     high_pass = fq.apply_frequency_mask(x, 1 - fq.circle_mask(*size).expand(3, 1, *size))
     assert (high_pass == 0).float().mean() > 0.3  # the clamp clips about half the pixels
 
@@ -89,7 +90,7 @@ def test_half_spectrum_filter_equals_the_full_filter_for_any_mask(size):
     masks = (torch.rand(4, 1, *size, generator=torch.Generator().manual_seed(0)) < 0.5).float()
     unshifted = torch.fft.ifftshift(masks, dim=(-2, -1))
     assert not torch.equal(unshifted, fq.mirrored(unshifted))  # really asymmetric
-    assert torch.allclose(fq.apply_frequency_mask(x, masks), reference_corrupt(x, masks), atol=1e-6)
+    assert_close(fq.apply_frequency_mask(x, masks), reference_corrupt(x, masks), FLOAT32_ONE_OP, "corrupted")
 
 
 @pytest.mark.parametrize("size", [(16, 16), (15, 20), (21, 17)])
@@ -104,8 +105,8 @@ def test_onesided_loss_equals_the_full_spectrum_loss_and_gradients(size, focal):
         half = fq.masked_frequency_loss(fq.frequency_distance(pred, target, layout="onesided", **options), mask, onesided_width=size[1])
         full_grad, = torch.autograd.grad(full, pred)
         half_grad, = torch.autograd.grad(half, pred)
-        assert torch.allclose(half, full, rtol=1e-6)
-        assert torch.allclose(half_grad, full_grad, rtol=1e-5, atol=1e-9)
+        assert_close(half, full, FLOAT32_ONE_OP, "loss")
+        assert_close(half_grad, full_grad, FLOAT32_ONE_OP, "gradient")
 
 
 def test_fold_to_onesided_keeps_every_weight_once():
@@ -126,7 +127,7 @@ def test_apply_frequency_mask_runs_fft_in_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fq.apply_frequency_mask(x.bfloat16(), masks)
     assert out.dtype == torch.bfloat16
-    assert torch.allclose(out.float(), reference_corrupt(x.bfloat16().float(), masks), atol=1e-2)
+    assert_close(out.float(), reference_corrupt(x.bfloat16().float(), masks), BFLOAT16_OUTPUT, "corrupted")
 
 
 def test_informed_masks_keep_exactly_the_top_fraction():
@@ -170,7 +171,7 @@ def test_gaussian_blur_equals_per_image_kernels():
         k = sizes[choice[i]]
         weight = fq.gaussian_kernel(k, 5.0).expand(3, 1, k, k)
         ref = F.conv2d(F.pad(x[i : i + 1], [k // 2] * 4, mode="reflect"), weight, groups=3)
-        assert torch.allclose(out[i : i + 1], ref, atol=1e-6)
+        assert_close(out[i : i + 1], ref, FLOAT32_ONE_OP, f"image {i}")
 
 
 def test_gaussian_noise_is_unclipped_with_the_right_sigma():
@@ -184,11 +185,11 @@ def test_masked_loss_matches_official_reduction():
     pred, target = torch.randn(4, 3, 24, 24), torch.randn(4, 3, 24, 24)
     masks = fq.sample_circle_masks(4, 24, 24, low_pass_prob=0.5, generator=torch.Generator().manual_seed(0))
     ours = fq.masked_frequency_loss(fq.frequency_distance(pred, target), masks)
-    assert torch.allclose(ours, reference_masked_loss(pred, target, masks), rtol=1e-6)
+    assert_close(ours, reference_masked_loss(pred, target, masks), FLOAT32_ONE_OP, "loss")
     perfect = fq.masked_frequency_loss(fq.frequency_distance(target, target), masks)
     assert perfect.item() == pytest.approx(1e-6, rel=1e-3)  # only the sqrt epsilon is left
     everything = fq.masked_frequency_loss(fq.frequency_distance(pred, target), None)
-    assert everything.item() == pytest.approx(fq.frequency_distance(pred, target).mean().item())
+    assert_close(everything, fq.frequency_distance(pred, target).mean(), FLOAT32_ONE_OP, "unmasked loss")
 
 
 def test_focal_weighting_matches_its_definition():
@@ -200,7 +201,7 @@ def test_focal_weighting_matches_its_definition():
     weight = weight / weight.amax(dim=(-2, -1), keepdim=True)
     expected = weight * torch.sqrt(dist**2 + 1e-12)
     ours = fq.frequency_distance(pred, target, focal_weighting=True, matrix_gamma=2.0, log_matrix=True)
-    assert torch.allclose(ours, expected, atol=1e-6)
+    assert_close(ours, expected, FLOAT32_ONE_OP, "distance")
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_resnet_config, tiny_swin_config, tiny_vit_config
+from parity import FLOAT32_TRAINING, assert_close
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel
@@ -372,4 +373,4 @@ def test_torch_compile_gives_the_eager_losses(fashion_folder, tiny_config, tmp_p
         history = json.loads((output / "train_results.json").read_text())["log_history"]
         losses[flags] = torch.tensor([entry["loss"] for entry in history if "loss" in entry])
     assert len(losses[()]) == 4
-    torch.testing.assert_close(losses[("--torch_compile",)], losses[()], rtol=1e-4, atol=1e-5)
+    assert_close(losses[("--torch_compile",)], losses[()], FLOAT32_TRAINING, "losses")

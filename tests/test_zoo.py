@@ -7,7 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from test_convert_official import MEAN, STD, TOLERANCE, ReferenceMFM, official_resnet50, random_masks, randomize_, save_like_the_release
+from parity import FLOAT32_NETWORK, assert_close
+from test_convert_official import MEAN, STD, ReferenceMFM, official_resnet50, random_masks, randomize_, save_like_the_release
 
 from mfm_hub import MFMResNetForPreTraining, MFMResNetModel, zoo
 
@@ -93,12 +94,12 @@ def test_one_call_downloads_converts_caches_and_loads_offline(official_r50, cach
     with torch.no_grad():
         _, ref_rec, ref_loss = reference(x, mask)
         out = again.eval()(x, frequency_mask=mask)
-    assert torch.allclose(out.reconstruction, ref_rec, atol=TOLERANCE * ref_rec.abs().max())
-    assert abs(out.loss.item() - ref_loss.item()) < TOLERANCE * abs(ref_loss.item())
+    assert_close(out.reconstruction, ref_rec, FLOAT32_NETWORK, "reconstruction")
+    assert_close(out.loss, ref_loss, FLOAT32_NETWORK, "loss")
     with torch.no_grad():
         features = encoder((x - MEAN) / STD).last_hidden_state
         ref_features = reference.encode((x - MEAN) / STD)
-    assert torch.allclose(features, ref_features, atol=TOLERANCE * ref_features.abs().max())
+    assert_close(features, ref_features, FLOAT32_NETWORK, "features")
 
 
 def test_interrupted_download_is_not_cached_and_resumes(official_r50, cache):
