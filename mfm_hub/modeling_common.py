@@ -58,13 +58,21 @@ class Reconstruction:
     encoder_outputs: ModelOutput
 
 
-def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: int, what: str) -> None:
-    """Shape and finiteness checks with messages that say what to change (a NaN or inf pixel
-    would otherwise come out as NaN features, logits and losses)."""
+def prepare_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: int, what: str, dtype: torch.dtype) -> torch.Tensor:
+    """Check a ``(B, C, H, W)`` batch with messages that say what to change (a NaN or inf pixel
+    would otherwise come out as NaN features, logits and losses), and cast floats of another
+    precision to the model's ``dtype``, as transformers' ViT and Dinov2 do."""
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
         raise ValueError(f"`pixel_values` must be a (batch, channels, height, width) tensor, got {shape}.")
-    channels, height, width = pixel_values.shape[1:]
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"`pixel_values` must be a floating-point tensor, got {pixel_values.dtype}. Pass images through the "
+            "image processor, or convert 0-255 integers with `pixel_values.float() / 255`."
+        )
+    batch, channels, height, width = pixel_values.shape
+    if batch == 0:
+        raise ValueError("`pixel_values` holds no images (batch size 0); pass at least one.")
     if channels != num_channels:
         hint = " Convert grayscale images to RGB (e.g. `image.convert('RGB')`)." if channels == 1 else ""
         raise ValueError(f"`pixel_values` has {channels} channels but the model expects {num_channels}.{hint}")
@@ -75,11 +83,12 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: in
         )
     if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values.detach()).all():
         raise ValueError("`pixel_values` contain NaN or infinite values; every pixel must be a finite number.")
+    return pixel_values.to(dtype)
 
 
 def check_unit_range(pixel_values: torch.Tensor) -> None:
     """Pre-training inputs are un-normalised images in [0, 1] (MFM masks before normalising);
-    run after `check_pixel_values`, which refuses non-finite values."""
+    run after `prepare_pixel_values`, which refuses non-finite values."""
     if torch.compiler.is_compiling():
         return
     low, high = torch.aminmax(pixel_values.detach())
@@ -284,7 +293,7 @@ class MFMForPreTrainingMixin:
 
     def reconstruct(self, pixel_values, frequency_mask=None, generator=None, output_hidden_states=None) -> Reconstruction:
         """Check, corrupt, encode and reconstruct ``(B, C, H, W)`` images in [0, 1]."""
-        check_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride")
+        pixel_values = prepare_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride", self.dtype)
         check_unit_range(pixel_values)
         corruption = corrupt(pixel_values, self.config, generator, frequency_mask)
         features, encoded = self.encode_feature_map(normalize(corruption.pixel_values, self.config), output_hidden_states)

@@ -23,9 +23,9 @@ from .modeling_common import (
     MFMForPreTrainingMixin,
     MFMPreTrainedModel,
     MFMStageBackboneMixin,
-    check_pixel_values,
     default_conv_init,
     linear_decoder,
+    prepare_pixel_values,
 )
 
 
@@ -133,7 +133,7 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        check_pixel_values(pixel_values, self.config.num_channels, 1, "stride")
+        pixel_values = prepare_pixel_values(pixel_values, self.config.num_channels, 1, "stride", self.dtype)
         pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
         enc = self.encoder
         hidden = enc.maxpool(enc.act1(enc.bn1(enc.conv1(pixel_values))))

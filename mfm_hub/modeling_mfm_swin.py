@@ -22,9 +22,9 @@ from .modeling_common import (
     MFMForPreTrainingMixin,
     MFMPreTrainedModel,
     MFMStageBackboneMixin,
-    check_pixel_values,
     default_conv_init,
     linear_decoder,
+    prepare_pixel_values,
 )
 
 
@@ -103,7 +103,7 @@ class MFMSwinModel(MFMSwinPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        check_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride")
+        pixel_values = prepare_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride", self.dtype)
         hidden = self.encoder.patch_embed(pixel_values)
         all_hidden = [_to_map(hidden)]
         for stage in self.encoder.layers:

@@ -28,9 +28,9 @@ from .modeling_common import (
     MFMForImageClassificationMixin,
     MFMForPreTrainingMixin,
     MFMPreTrainedModel,
-    check_pixel_values,
     default_conv_init,
     linear_decoder,
+    prepare_pixel_values,
 )
 
 
@@ -170,7 +170,7 @@ class MFMViTModel(MFMViTPreTrainedModel):
 
     def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch + position embeddings with the cls token: ``(B, 1 + N, D)`` and the patch grid."""
-        check_pixel_values(pixel_values, self.config.num_channels, self.config.patch_size, "patch size")
+        pixel_values = prepare_pixel_values(pixel_values, self.config.num_channels, self.config.patch_size, "patch size", self.dtype)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         tokens = self.embed_patches(pixel_values)
         tokens = torch.cat((self.encoder.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)

@@ -343,3 +343,17 @@ def test_folk_two_process_ddp_keeps_one_teacher(fashion_folder, tiny_config, tmp
     assert "weights identical across 2 processes" in result.stdout
     saved = load_file(Path(output) / "checkpoint-3" / "model.safetensors")
     assert any(k.startswith("teacher.") for k in saved)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_folk_casts_float_views_to_its_dtype_and_refuses_integer_or_empty_ones(family):
+    model = folk_model(family).eval()
+    size = model.config.image_size
+    views = torch.rand(2, 2, 3, size, size)
+    with torch.no_grad():
+        out = model.to(torch.bfloat16)(views)
+    assert out.reconstruction.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="`pixel_values` must be a floating-point tensor, got torch.int64"):
+        model((views > 0.5).long())
+    with pytest.raises(ValueError, match=r"holds no images \(batch size 0\)"):
+        model(views[:0])

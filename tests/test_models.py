@@ -220,6 +220,37 @@ def test_bad_pixel_values(family):
         base(make_config())(torch.rand(3, 64, 64))
 
 
+
+def main_output(output) -> torch.Tensor:
+    """The head's image-shaped result: reconstruction, logits, tokens / map or the last feature map."""
+    for key in ("reconstruction", "logits", "last_hidden_state", "feature_maps"):
+        if key in output:
+            return output[key][-1] if key == "feature_maps" else output[key]
+    raise KeyError(list(output.keys()))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_head_casts_float_pixels_to_its_dtype_and_refuses_what_is_not_an_image_batch(family):
+    """As transformers' ViT and Dinov2: float pixels of another precision are cast to the model's
+    dtype (a pre-training loss stays float32: its FFTs run in float32); integer pixels and an empty
+    batch are refused naming `pixel_values`."""
+    make_config, *classes = FAMILIES[family]
+    pixels = torch.rand(2, 3, 64, 64)
+    for model_class in classes:
+        model = model_class(make_config()).eval()
+        with torch.no_grad():
+            expected = main_output(model(pixels))
+            assert torch.equal(main_output(model(pixels.double())), expected)  # float64 [0, 1] images are exactly float32 ones
+            for dtype in (torch.bfloat16, torch.float16):
+                out = main_output(model.to(dtype)(pixels))  # float32 pixels into a half-precision model
+                assert out.dtype == dtype and torch.isfinite(out.float()).all(), (model_class.__name__, dtype)
+                model.float()
+        for integers in (pixels.mul(255).to(torch.uint8), (pixels > 0.5).long()):
+            with pytest.raises(ValueError, match=rf"`pixel_values` must be a floating-point tensor, got {integers.dtype}"):
+                model(integers)
+        with pytest.raises(ValueError, match=r"`pixel_values` holds no images \(batch size 0\)"):
+            model(pixels[:0])
+
 def test_vit_rejects_image_size_not_divisible_by_patch():
     with pytest.raises(ValueError, match="30x32 is not divisible by the patch size 4"):
         MFMViTModel(tiny_vit_config())(torch.rand(1, 3, 30, 32))
