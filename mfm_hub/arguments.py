@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from transformers import HfArgumentParser
 
@@ -132,11 +133,22 @@ __all__ = ["CONFIG_SUFFIXES", "check_training_arguments", "config_file_values", 
 def setup_training_process(args) -> None:
     """What every Trainer script sets up once its arguments are read: the log format (INFO on
     the processes that should log, rank 0, else WARNING), and freed memory kept in the process
-    so that no step faults its activations in afresh (`mfm_hub.allocator`)."""
+    so that no step faults its activations in afresh (`mfm_hub.allocator`), and, under torchrun,
+    the process group torn down before the interpreter exits."""
+    import atexit
     import logging
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     keep_freed_memory()
+    atexit.unregister(_destroy_process_group)  # once, however often a test calls a script's main
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    """Left to interpreter teardown, gloo's threads can be destroyed while still joinable, and the
+    rank aborts ("terminate called without an active exception", exit -6) after a finished run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def resolve_learning_rate(args) -> float:
