@@ -35,4 +35,3 @@ def tiny_swin_config(**overrides) -> MFMSwinConfig:
 def tiny_resnet_config(**overrides) -> MFMResNetConfig:
     fields = dict(block_type="basic", layers=(1, 1, 1, 1), image_size=64)
     return MFMResNetConfig(**{**fields, **overrides})
-

@@ -13,13 +13,16 @@ def _unlogged(monkeypatch):
 
 
 def test_relative_error_is_the_smallest_tolerance_that_passes():
-    expected = torch.tensor([10.0, -2.0, 0.0])
-    actual = expected + torch.tensor([0.0, 0.0, 1e-3])  # an element near zero: its error counts against max|expected|
-    assert relative_error(actual, expected) == pytest.approx(1e-3 / (0 + 10))
-    assert_close(actual, expected, Tolerance("T", 1e-4, "test"))
-    with pytest.raises(AssertionError, match="needs relative 0.0001, T allows 9e-05"):
-        assert_close(actual, expected, Tolerance("T", 9e-5, "test"))
+    expected = torch.tensor([8.0, -2.0, 0.0])
+    actual = expected + torch.tensor([0.0, 0.0, 2**-10])  # an element near zero: its error counts against max|expected|
+    assert relative_error(actual, expected) == 2**-10 / (0 + 8)  # powers of two: exact in float32
+    assert_close(actual, expected, Tolerance("T", 2**-13, "test"))
+    with pytest.raises(AssertionError, match="needs relative 0.000122, T allows 0.00012 of"):
+        assert_close(actual, expected, Tolerance("T", 1.2e-4, "test"))
     assert relative_error(expected, expected) == 0.0
+    for norm in ("max", "l2"):
+        assert relative_error(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0]), norm) == float("inf")
+        assert relative_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, float("nan")]), norm) == float("inf")
     assert relative_error(torch.tensor([3.0, 4.0]), torch.zeros(2), "l2") == float("inf")
     assert relative_error(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 4.0]), "l2") == pytest.approx(3 / 4)
 
