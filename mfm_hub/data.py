@@ -88,10 +88,8 @@ def _fashion_mnist_examples(images_path: str, labels_path: str):
         yield {"image": Image.fromarray(image, mode="L"), "label": int(label)}
 
 
-def load_fashion_mnist(split: str = "train", root: Path = FASHION_MNIST_DIR) -> datasets.Dataset:
-    """Fashion-MNIST (Xiao et al., 2017) from Debian's ``dataset-fashion-mnist`` package:
-    60,000 train / 10,000 test real 28x28 grayscale product photos, 10 classes. Built once
-    into the `datasets` cache."""
+def fashion_mnist_files(split: str = "train", root: Path = FASHION_MNIST_DIR) -> tuple[Path, Path]:
+    """The ``(images, labels)`` IDX files of a Fashion-MNIST split in Debian's package."""
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}.")
@@ -101,6 +99,26 @@ def load_fashion_mnist(split: str = "train", root: Path = FASHION_MNIST_DIR) -> 
             f"Fashion-MNIST is not installed at {root}. Install it with `apt-get install -y dataset-fashion-mnist` "
             "or pass your own data with --train_dir / --dataset_name."
         )
+    return images_path, labels_path
+
+
+def fashion_mnist_samples(count: int, split: str = "test", root: Path = FASHION_MNIST_DIR) -> list[tuple[Image.Image, str]]:
+    """The first item of each of ``count`` classes (in the split's order) as ``(image, class name)``."""
+    images_path, labels_path = fashion_mnist_files(split, root)
+    images, labels = _read_idx(images_path), _read_idx(labels_path)
+    first = {}
+    for index, label in enumerate(labels.tolist()):
+        first.setdefault(label, index)
+        if len(first) == count:
+            break
+    return [(Image.fromarray(images[index], mode="L"), FASHION_MNIST_LABELS[label]) for label, index in first.items()]
+
+
+def load_fashion_mnist(split: str = "train", root: Path = FASHION_MNIST_DIR) -> datasets.Dataset:
+    """Fashion-MNIST (Xiao et al., 2017) from Debian's ``dataset-fashion-mnist`` package:
+    60,000 train / 10,000 test real 28x28 grayscale product photos, 10 classes. Built once
+    into the `datasets` cache."""
+    images_path, labels_path = fashion_mnist_files(split, root)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)})
     return datasets.Dataset.from_generator(
         _fashion_mnist_examples,
@@ -332,6 +350,8 @@ __all__ = [
     "dataset_reference",
     "first_examples",
     "FASHION_MNIST_LABELS",
+    "fashion_mnist_files",
+    "fashion_mnist_samples",
     "PretrainingImages",
     "StreamingPretrainingImages",
     "collate_pretraining",

@@ -48,6 +48,16 @@ def validate_probability(name: str, value: float) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def squared_frequency_radius(height: int, width: int, reference_size: int = REFERENCE_IMAGE_SIZE,
+                             device: Optional[torch.device] = None) -> torch.Tensor:
+    """``(height, width)`` float64: ``rho^2`` of each shifted frequency, its squared distance from
+    DC in spectrum pixels of a ``reference_size``-px image, the unit of the MFM radius (see
+    `circle_mask`). Squared so that masks compare it with ``radius^2`` without a rounded root."""
+    dy = torch.arange(height, device=device, dtype=torch.float64) - height // 2
+    dx = torch.arange(width, device=device, dtype=torch.float64) - width // 2
+    return (dy[:, None] * (reference_size / height)) ** 2 + (dx[None, :] * (reference_size / width)) ** 2
+
+
 def circle_mask(
     height: int,
     width: int,
@@ -76,9 +86,7 @@ def circle_mask(
         raise ValueError(f"`radius_outer` ({radius_outer!r}) must be larger than `radius` ({radius!r}).")
     if height < 2 or width < 2:
         raise ValueError(f"Images must be at least 2x2 for frequency masking, got {height}x{width}.")
-    dy = torch.arange(height, device=device, dtype=torch.float64) - height // 2
-    dx = torch.arange(width, device=device, dtype=torch.float64) - width // 2
-    rho_sq = (dy[:, None] * (reference_size / height)) ** 2 + (dx[None, :] * (reference_size / width)) ** 2
+    rho_sq = squared_frequency_radius(height, width, reference_size, device)
     removed = (rho_sq >= radius**2) & (rho_sq < radius_outer**2)
     if torch.compiler.is_compiling():  # checked when the run is validated, before compiling
         return (~removed).float()
@@ -373,5 +381,6 @@ __all__ = [
     "mirrored",
     "sample_circle_masks",
     "spectrum_image",
+    "squared_frequency_radius",
     "validate_probability",
 ]

@@ -291,14 +291,18 @@ class MFMForPreTrainingMixin:
         )
         return output if return_dict is not False else output.to_tuple()
 
-    def reconstruct(self, pixel_values, frequency_mask=None, generator=None, output_hidden_states=None) -> Reconstruction:
-        """Check, corrupt, encode and reconstruct ``(B, C, H, W)`` images in [0, 1]."""
+    def reconstruct(self, pixel_values, frequency_mask=None, generator=None, output_hidden_states=None,
+                    objective_config=None) -> Reconstruction:
+        """Check, corrupt, encode and reconstruct ``(B, C, H, W)`` images in [0, 1]. An
+        ``objective_config`` replaces the model's pretext task and loss settings (to put another
+        task to a trained model, as the demo does); normalisation stays the model's."""
         pixel_values = prepare_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride", self.dtype)
         check_unit_range(pixel_values)
-        corruption = corrupt(pixel_values, self.config, generator, frequency_mask)
+        objective = objective_config or self.config
+        corruption = corrupt(pixel_values, objective, generator, frequency_mask)
         features, encoded = self.encode_feature_map(normalize(corruption.pixel_values, self.config), output_hidden_states)
         reconstruction = self.decoder(features)
-        loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), corruption.frequency_mask, self.config)
+        loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), corruption.frequency_mask, objective)
         return Reconstruction(loss, reconstruction, corruption, encoded)
 
 

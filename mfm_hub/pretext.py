@@ -36,12 +36,32 @@ def _no_parameters(config) -> None:
 
 
 @dataclass(frozen=True)
+class TaskParameter:
+    """A config field a task reads, with the values a person may pick for it (the demo's
+    controls): a range ``minimum..maximum`` in steps of ``step``, or ``choices`` (label -> value).
+    ``sequence`` fields hold a tuple the task draws from per image; one picked value sets it
+    to that value alone."""
+
+    field: str
+    label: str
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    step: Optional[float] = None
+    choices: Optional[dict[str, object]] = None
+    sequence: bool = False
+
+    def config_value(self, value):
+        return (value,) if self.sequence else value
+
+
+@dataclass(frozen=True)
 class PretextTask:
     """``corrupt(pixel_values, config, generator) -> Corruption``. A task with
     ``frequency_mask=True`` samples a mask (``sample_mask(pixel_values, config, generator)``)
     that the model applies in the spectrum; a given mask then replaces the sampled one, and
     its loss can be restricted to the removed frequencies (``"masked"``, the default for
-    such tasks; the others restore the whole image, ``"all"``)."""
+    such tasks; the others restore the whole image, ``"all"``). ``parameters`` are the config
+    fields it reads that a person may vary."""
 
     name: str
     title: str
@@ -49,6 +69,7 @@ class PretextTask:
     check: Callable[[object], None] = _no_parameters
     corrupt: Optional[Callable[[torch.Tensor, object, Optional[torch.Generator]], Corruption]] = None
     sample_mask: Optional[Callable[[torch.Tensor, object, Optional[torch.Generator]], torch.Tensor]] = None
+    parameters: tuple[TaskParameter, ...] = ()
 
     @property
     def frequency_mask(self) -> bool:
@@ -122,6 +143,10 @@ register_pretext_task(PretextTask(
     sample_mask=lambda pixels, config, generator: sample_circle_masks(
         pixels.shape[0], pixels.shape[-2], pixels.shape[-1], config.mask_radius, config.mask_radius_outer, config.low_pass_prob,
         generator=generator, device=pixels.device),
+    parameters=(
+        TaskParameter("mask_radius", "radius (spectrum pixels of a 224-px image)", 1, 160, 1),
+        TaskParameter("low_pass_prob", "filter", choices={"low-pass: keep inside the circle": 1.0, "high-pass: keep outside": 0.0}),
+    ),
 ))
 register_pretext_task(PretextTask(
     name="informed", title="MFM with informed masks",
@@ -129,25 +154,35 @@ register_pretext_task(PretextTask(
                 "reconstruction loss",
     check=_check_informed,
     sample_mask=lambda pixels, config, generator: informed_masks(pixels, config.informed_keep_ratios, config.compress_prob, generator)[0],
+    parameters=(
+        TaskParameter("informed_keep_ratios", "keep ratio (fraction of the strongest frequencies)", 0.001, 0.5, 0.001, sequence=True),
+        TaskParameter("compress_prob", "filter", choices={"Com: keep the strongest": 1.0, "RCom: remove the strongest": 0.0}),
+    ),
 ))
 register_pretext_task(PretextTask(
     name="sr", title="SR",
     description="super-resolution: bicubic down x8 and up, the model restores the image (loss on all frequencies)",
     check=_check_sr,
     corrupt=lambda pixels, config, generator: Corruption(downsample_upsample(pixels, config.sr_factor)),
+    parameters=(TaskParameter("sr_factor", "down-sampling factor", choices={"2": 2, "4": 4, "8": 8, "16": 16}),),
 ))
 register_pretext_task(PretextTask(
     name="deblur", title="Deblur",
     description="deblurring: Gaussian blur (sigma 5, kernel 7-21), the model restores the image",
     check=_check_blur,
     corrupt=lambda pixels, config, generator: Corruption(gaussian_blur(pixels, config.blur_sigma, config.blur_kernel_sizes, generator)),
+    parameters=(
+        TaskParameter("blur_sigma", "blur sigma (pixels)", 0.5, 10, 0.5),
+        TaskParameter("blur_kernel_sizes", "kernel size", choices={str(k): k for k in range(3, 23, 2)}, sequence=True),
+    ),
 ))
 register_pretext_task(PretextTask(
     name="denoise", title="Denoise",
     description="denoising: Gaussian noise (sigma 75/255), the model restores the image",
     check=_check_noise,
     corrupt=lambda pixels, config, generator: Corruption(add_gaussian_noise(pixels, config.noise_sigma, generator)),
+    parameters=(TaskParameter("noise_sigma", "noise sigma (fraction of the pixel range)", 0.01, 1, 0.01),),
 ))
 
 
-__all__ = ["PRETEXT_TASKS", "Corruption", "PretextTask", "get_pretext_task", "register_pretext_task"]
+__all__ = ["PRETEXT_TASKS", "Corruption", "PretextTask", "TaskParameter", "get_pretext_task", "register_pretext_task"]

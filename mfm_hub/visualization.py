@@ -152,7 +152,43 @@ def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, gen
     return path
 
 
-__all__ = ["logged_losses", "logged_series", "plot_loss_curve", "reconstruction_grid"]
+def figure_pixels(fig) -> np.ndarray:
+    """A figure drawn to an ``(H, W, 3)`` uint8 array (for an app rather than a file); closes it."""
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels
+
+
+def colormapped(values: torch.Tensor, colormap: str) -> np.ndarray:
+    """``(H, W)`` values in [0, 1] -> ``(H, W, 3)`` uint8 through a matplotlib colormap."""
+    return (matplotlib.colormaps[colormap](values.clamp(0, 1).numpy())[..., :3] * 255).round().astype(np.uint8)
+
+
+def plot_band_errors(bands, title: str, radius: Optional[float] = None) -> np.ndarray:
+    """The demo's per-band error (`mfm_hub.demo.panels.BandErrors`): relative error energy of
+    the corrupted input and of the reconstruction against the band's frequency, the bands the
+    mask removed shaded, and the task's ``radius`` if it has one."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=100)
+    centres = bands.radius.numpy()
+    if bands.removed is not None:
+        width = float(centres[1] - centres[0]) if len(centres) > 1 else 1.0
+        ax.bar(centres, bands.removed.numpy(), width=width, color="tab:gray", alpha=0.25, label="fraction removed by the mask")
+    ax.plot(centres, bands.corrupted.numpy(), color="tab:red", marker=".", label="corrupted input")
+    ax.plot(centres, bands.reconstruction.numpy(), color="tab:blue", marker=".", label="reconstruction")
+    if radius is not None:
+        ax.axvline(radius, color="black", linestyle=":", label=f"radius {radius:g}")
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_xlabel("frequency (distance from DC, spectrum pixels of a 224-px image)", fontsize=8)
+    ax.set_ylabel("error energy / band energy", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figure_pixels(fig)
+
+
+__all__ = ["colormapped", "figure_pixels", "logged_losses", "logged_series", "plot_band_errors", "plot_loss_curve", "reconstruction_grid"]
 
 
 def plot_confusion_matrix(labels: Sequence[int], predictions: Sequence[int], class_names: Sequence[str], path: str | Path, title: str) -> Path:
