@@ -45,6 +45,7 @@ import run_pretraining  # noqa: E402
 from mfm_hub import MFMViTConfig, MFMViTModel, evaluation  # noqa: E402
 from mfm_hub.arguments import require, require_at_least  # noqa: E402
 from mfm_hub.data import DatasetReference  # noqa: E402
+from mfm_hub.folder_lock import claim_folder  # noqa: E402
 from mfm_hub.visualization import plt  # noqa: E402
 
 CIFAR10 = DatasetReference("uoft-cs/cifar10", "CIFAR-10 (test images; JPEG re-encoding of the original release)", "uoft-cs/cifar10")
@@ -306,7 +307,7 @@ def main(argv=None) -> dict:
     args = parse_arguments(argv)
     data = cifar10_folder(args.data_dir)
     args.train_images = sum(1 for path in (data / "train").rglob("*") if path.is_file())
-    out = Path(args.output_dir)
+    out = claim_folder(args.output_dir)  # one benchmark per folder at a time; its sub-runs write inside it under this claim
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / "results.json")
     settings = {k: v for k, v in vars(args).items() if k not in ("fine_tune_epochs", "output_dir", "train_images", "report_only")}

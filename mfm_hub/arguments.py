@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from .allocator import keep_freed_memory
+from .folder_lock import claim_folder, holds_folder, release_folder
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -84,16 +86,23 @@ def trainer_checkpoints(folder: str | Path) -> list[Path]:
 
 
 def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False, flag: str = "--overwrite_output_dir") -> None:
-    """The one rule of every entry point: an output folder that already holds files is
-    refused, before anything runs, unless the user asked to write over it (``flag``) or to
-    resume the run in it. Writing over replaces the files the run writes; nothing else is
-    deleted."""
+    """The two rules of every entry point, checked before anything runs: an output folder is
+    written by one run at a time (the main process takes it, `mfm_hub.folder_lock`, until it
+    exits; another run gets `FolderInUseError`), and a folder that already holds files is
+    refused unless the user asked to write over it (``flag``) or to resume the run in it.
+    Writing over replaces the files the run writes; nothing else is deleted."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"The output path {path} is a file, not a folder.")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # other ranks write where rank 0 does, under its claim
+    claimed_now = main_process and not holds_folder(path)
+    if main_process:
+        claim_folder(path)
     contents = sorted(child.name for child in path.iterdir()) if path.exists() else []
     if overwrite or resuming or not contents:
         return
+    if claimed_now:
+        release_folder(path)
     checkpoints = trainer_checkpoints(path)
     resume = f", or --resume_from_checkpoint {checkpoints[-1]} to continue its run" if checkpoints else ""
     shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")

@@ -26,6 +26,7 @@ import torch
 from .arguments import guard_output_dir
 from .configuration_mfm import PRESETS, config_from_preset
 from .families import family_of
+from .folder_lock import folder_claimed
 from .model_card import write_model_card
 
 #: Short names of the released architectures.
@@ -147,32 +148,33 @@ def convert(checkpoint: str | Path, arch: str, output: str | Path, image_size: O
     """Convert, verify that every weight is used with its shape, save (safetensors + image
     processor + model card) and optionally push. Returns the converted model. An ``output``
     folder that already holds files is refused unless ``overwrite``."""
-    guard_output_dir(output, overwrite, flag="--overwrite")
-    state_dict = load_official_checkpoint(checkpoint)
-    model = _target_for(state_dict, arch, image_size)
-    differences = _differences(state_dict, model)
-    if differences:
-        candidates = matching_architectures(state_dict)
-        hint = (f" The file matches --arch {' or '.join(candidates)}." if candidates
-                else " No preset matches the file; it is not an MFM ViT / ResNet release in a known size.")
-        raise ValueError(f"{checkpoint} does not match --arch {arch} ({type(model).__name__}): {differences}.{hint}")
-    model.load_state_dict(rename_official_keys(state_dict, model))
-    model.eval()
-    output = Path(output)
-    model.save_pretrained(output)
-    write_model_card(
-        output,
-        template="converted_official.md",
-        model=model,
-        fields={"source_checkpoint": Path(checkpoint).name, "license_note": OFFICIAL_LICENSE, "arch": arch},
-    )
-    if push_to_hub:
-        from huggingface_hub import HfApi
+    with folder_claimed(output):  # held while writing; a script's own claim stays until it exits
+        guard_output_dir(output, overwrite, flag="--overwrite")
+        state_dict = load_official_checkpoint(checkpoint)
+        model = _target_for(state_dict, arch, image_size)
+        differences = _differences(state_dict, model)
+        if differences:
+            candidates = matching_architectures(state_dict)
+            hint = (f" The file matches --arch {' or '.join(candidates)}." if candidates
+                    else " No preset matches the file; it is not an MFM ViT / ResNet release in a known size.")
+            raise ValueError(f"{checkpoint} does not match --arch {arch} ({type(model).__name__}): {differences}.{hint}")
+        model.load_state_dict(rename_official_keys(state_dict, model))
+        model.eval()
+        output = Path(output)
+        model.save_pretrained(output)
+        write_model_card(
+            output,
+            template="converted_official.md",
+            model=model,
+            fields={"source_checkpoint": Path(checkpoint).name, "license_note": OFFICIAL_LICENSE, "arch": arch},
+        )
+        if push_to_hub:
+            from huggingface_hub import HfApi
 
-        api = HfApi()
-        api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=push_to_hub, folder_path=str(output), commit_message=f"Convert official MFM {arch}")
-    return model
+            api = HfApi()
+            api.create_repo(push_to_hub, exist_ok=True)
+            api.upload_folder(repo_id=push_to_hub, folder_path=str(output), commit_message=f"Convert official MFM {arch}")
+        return model
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -9,6 +9,7 @@ a crash deep inside the data loader.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import math
 import struct
@@ -134,11 +135,14 @@ FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
 class DatasetReference:
     """How model cards name the data: ``type`` is the Hub dataset id where there is one
     (``"imagefolder"``, the `datasets` builder, for a local folder), ``name`` a plain
-    description; neither is ever a local path."""
+    description, ``config`` what tells two sources of one ``type`` apart (for a local folder its
+    name and a digest of its full path: results on two folders are two results); none is ever a
+    local path."""
 
     type: str
     name: str
     hub_id: Optional[str]
+    config: Optional[str] = None
 
 
 def first_examples(dataset, limit: Optional[int]):
@@ -156,7 +160,9 @@ def dataset_reference(dataset_name: Optional[str], data_dir: Optional[str]) -> D
     if dataset_name:
         return DatasetReference(dataset_name, dataset_name, dataset_name)
     if data_dir:
-        return DatasetReference("imagefolder", f"local image folder '{Path(data_dir).resolve().name}'", None)
+        folder = Path(data_dir).resolve()
+        digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
+        return DatasetReference("imagefolder", f"local image folder '{folder.name}'", None, f"{folder.name}-{digest}")
     return DatasetReference(FASHION_MNIST_HUB_ID, "Fashion-MNIST (Debian package dataset-fashion-mnist)", FASHION_MNIST_HUB_ID)
 
 

@@ -26,6 +26,7 @@ import torch
 
 from .arguments import guard_output_dir
 from .families import saved_model_class
+from .folder_lock import folder_claimed
 from .image_processing import EVAL_CROP_PCT
 
 
@@ -53,38 +54,39 @@ def export_to_timm(source, output: str | Path, push_to_hub: Optional[str] = None
     ``output`` and optionally push it; an ``output`` holding files is refused unless ``overwrite``."""
     from timm.models._hub import save_for_hf
 
-    guard_output_dir(output, overwrite, flag="--overwrite")
-    model = source if isinstance(source, torch.nn.Module) else saved_model_class(source).from_pretrained(source).eval()
-    timm_model, arguments = to_timm(model)
-    config = model.config
-    data = dict(input_size=(config.num_channels, config.image_size, config.image_size), interpolation="bicubic",
-                crop_pct=EVAL_CROP_PCT, crop_mode="center", mean=tuple(config.image_mean), std=tuple(config.image_std))
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    save_for_hf(timm_model, str(output), model_args=arguments, safe_serialization=True, data_config=data)
-    path = output / "config.json"
-    exported = json.loads(path.read_text())
-    exported["pretrained_cfg"]["tag"] = "mfm_hub"  # not the ImageNet weights of the architecture we borrowed
-    exported["pretrained_cfg"].pop("license", None)
-    if license:
-        exported["pretrained_cfg"]["license"] = license
-    if getattr(config, "id2label", None) and arguments["num_classes"]:
-        exported["pretrained_cfg"]["label_names"] = [config.id2label[i] for i in range(arguments["num_classes"])]
-    path.write_text(json.dumps(exported, indent=2))
-    name = output.name
-    (output / "README.md").write_text(
-        f"---\nlibrary_name: timm\ntags:\n- image-feature-extraction\n- mfm\n- timm\n---\n\n# {name} (timm format)\n\n"
-        f"An MFM {type(model).__name__} exported by `python -m mfm_hub.timm_export` as timm's "
-        f"`{exported['architecture']}` with explicit arguments (see `config.json`).\n\n```python\nimport timm\n"
-        f"model = timm.create_model(\"hf-hub:<this repo>\", pretrained=True)          # or \"local-dir:<folder>\"\n"
-        f"features = timm.create_model(\"hf-hub:<this repo>\", pretrained=True, features_only=True)\n```\n")
-    if push_to_hub:
-        from huggingface_hub import HfApi
+    with folder_claimed(output):  # held while writing; a script's own claim stays until it exits
+        guard_output_dir(output, overwrite, flag="--overwrite")
+        model = source if isinstance(source, torch.nn.Module) else saved_model_class(source).from_pretrained(source).eval()
+        timm_model, arguments = to_timm(model)
+        config = model.config
+        data = dict(input_size=(config.num_channels, config.image_size, config.image_size), interpolation="bicubic",
+                    crop_pct=EVAL_CROP_PCT, crop_mode="center", mean=tuple(config.image_mean), std=tuple(config.image_std))
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        save_for_hf(timm_model, str(output), model_args=arguments, safe_serialization=True, data_config=data)
+        path = output / "config.json"
+        exported = json.loads(path.read_text())
+        exported["pretrained_cfg"]["tag"] = "mfm_hub"  # not the ImageNet weights of the architecture we borrowed
+        exported["pretrained_cfg"].pop("license", None)
+        if license:
+            exported["pretrained_cfg"]["license"] = license
+        if getattr(config, "id2label", None) and arguments["num_classes"]:
+            exported["pretrained_cfg"]["label_names"] = [config.id2label[i] for i in range(arguments["num_classes"])]
+        path.write_text(json.dumps(exported, indent=2))
+        name = output.name
+        (output / "README.md").write_text(
+            f"---\nlibrary_name: timm\ntags:\n- image-feature-extraction\n- mfm\n- timm\n---\n\n# {name} (timm format)\n\n"
+            f"An MFM {type(model).__name__} exported by `python -m mfm_hub.timm_export` as timm's "
+            f"`{exported['architecture']}` with explicit arguments (see `config.json`).\n\n```python\nimport timm\n"
+            f"model = timm.create_model(\"hf-hub:<this repo>\", pretrained=True)          # or \"local-dir:<folder>\"\n"
+            f"features = timm.create_model(\"hf-hub:<this repo>\", pretrained=True, features_only=True)\n```\n")
+        if push_to_hub:
+            from huggingface_hub import HfApi
 
-        api = HfApi()
-        api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=push_to_hub, folder_path=str(output), commit_message="Export MFM checkpoint for timm")
-    return output
+            api = HfApi()
+            api.create_repo(push_to_hub, exist_ok=True)
+            api.upload_folder(repo_id=push_to_hub, folder_path=str(output), commit_message="Export MFM checkpoint for timm")
+        return output
 
 
 def main(argv: Optional[list[str]] = None) -> None:

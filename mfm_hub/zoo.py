@@ -28,6 +28,7 @@ from typing import Optional
 from huggingface_hub import EvalResult, ModelCard, constants
 
 from .convert_official import OFFICIAL_LICENSE, convert
+from .folder_lock import FolderInUseError, claim_folder, release_folder
 
 ZOO_URL_ENV = "MFM_HUB_ZOO_URL"
 DRIVE_URL = "https://drive.google.com/uc?id={file_id}"
@@ -124,15 +125,28 @@ def fetch(name: str, url_template: Optional[str] = None, cache: Optional[Path] =
     The download goes to ``<cache>/downloads/<name>.pth``; an interrupted one leaves gdown's
     partial file there and the next call resumes it. A file that is short, corrupt or does not
     match the registered architecture raises `ValueError` naming it and is deleted; nothing
-    is cached for it."""
-    import gdown
-
+    is cached for it. Concurrent fetches into one cache take turns (`mfm_hub.folder_lock`)."""
     entry = get(name)
     cache = Path(cache) if cache is not None else cache_dir()
     target = cache / name
     if (target / _COMPLETE).exists():
         return target
     downloads = cache / "downloads"
+    try:
+        claim_folder(downloads)
+    except FolderInUseError as busy:  # another process is fetching into this cache: wait for it, then look again
+        print(f"{busy} Waiting for it.")
+        claim_folder(downloads, wait=True)
+    try:
+        return target if (target / _COMPLETE).exists() else _download_and_convert(entry, url_template, cache, quiet)
+    finally:
+        release_folder(downloads)
+
+
+def _download_and_convert(entry: OfficialCheckpoint, url_template: Optional[str], cache: Path, quiet: bool) -> Path:
+    import gdown
+
+    name, target, downloads = entry.name, cache / entry.name, cache / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     checkpoint = downloads / f"{name}.pth"
     url = entry.url(url_template)

@@ -112,6 +112,27 @@ def test_model_card_results_accumulate_and_a_protocol_updates_its_own_entry(tmp_
     assert {r.dataset_type for r in card.data.eval_results} == {"zalando-datasets/fashion_mnist"}
 
 
+def test_results_on_two_folders_are_two_results_and_a_rerun_replaces_only_its_own(tmp_path):
+    """Few-shot on folder A, then on folder B (same folder name elsewhere), then A again: both
+    datasets keep their result under their own name, and A's re-run replaces only A's."""
+    from huggingface_hub import ModelCard
+
+    from mfm_hub.data import dataset_reference
+    from mfm_hub.evaluation import add_to_model_index
+
+    first, second = tmp_path / "a" / "val", tmp_path / "b" / "val"
+    protocol = "Few-shot, 5-way 5-shot episodes"
+    add_to_model_index(tmp_path, "enc", "image-classification", protocol, dataset_reference(None, str(first)), {"accuracy": 0.5})
+    add_to_model_index(tmp_path, "enc", "image-classification", protocol, dataset_reference(None, str(second)), {"accuracy": 0.7})
+    add_to_model_index(tmp_path, "enc", "image-classification", protocol, dataset_reference(None, str(first)), {"accuracy": 0.55})
+    card = ModelCard.load(tmp_path / "README.md")
+    by_config = {r.dataset_config: r.metric_value for r in card.data.eval_results}
+    assert by_config == {dataset_reference(None, str(first)).config: 0.55, dataset_reference(None, str(second)).config: 0.7}
+    assert all(str(tmp_path) not in str(r.dataset_config) + r.dataset_name for r in card.data.eval_results)  # no local paths
+    model_index = card.data.to_dict()["model-index"][0]["results"]
+    assert len(model_index) == 2  # the Hub's model-index keeps them apart too
+
+
 def test_class_count_mismatch():
     with pytest.raises(ValueError, match="3 classes but the classifier head has 10 outputs"):
         check_head_matches(10, ["a", "b", "c"])

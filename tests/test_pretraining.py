@@ -325,6 +325,31 @@ def test_sigterm_saves_a_resumable_checkpoint(fashion_folder, tiny_config, tmp_p
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_process_group_with_workers_alive_saves_a_checkpoint(fashion_folder, tiny_config, tmp_path):
+    """What torchrun and Kubernetes do: SIGTERM to every process of the group, data-loader workers
+    included. The workers ignore it; the main process finishes the step, saves and exits 143."""
+    output = tmp_path / "run"
+    args = run_args(fashion_folder, tiny_config, output, "--max_steps", "100000", "--save_steps", "100000",
+                    "--dataloader_num_workers", "2")
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *args], env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    deadline = time.time() + 240
+    log = []
+    for line in process.stdout:  # wait until training is under way, workers running
+        log.append(line)
+        if "'loss'" in line or time.time() > deadline:
+            break
+    workers = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) >= 3, workers  # the main process and its two workers share the group
+    os.killpg(process.pid, signal.SIGTERM)
+    rest, _ = process.communicate(timeout=240)
+    assert process.returncode == 143, "".join(log) + rest
+    assert "killed by signal" not in rest, rest
+    checkpoints = list(output.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and "Resume with --resume_from_checkpoint" in rest
+
+
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(fashion_folder, tiny_config, tmp_path):
     output = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", str(SCRIPT),

@@ -2,15 +2,20 @@
 files (unless asked to write over it or, for pre-training, to resume the run in it) and every
 argument that cannot give a meaningful result, before it runs."""
 
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from test_convert_official import ReferenceMFM, official_vit, save_like_the_release
 
 from mfm_hub import MFMViTForPreTraining
 from mfm_hub.arguments import guard_output_dir
 from mfm_hub.convert_official import main as convert_main
+from mfm_hub.folder_lock import claim_folder, holds_folder, lock_path, release_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
@@ -111,3 +116,90 @@ def test_degenerate_arguments_are_refused_before_anything_runs(main, argv, messa
     with pytest.raises(ValueError, match=message):
         main([*argv, "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------
+# One run per output folder (mfm_hub.folder_lock)
+# --------------------------------------------------------------------------------------
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from mfm_hub.arguments import guard_output_dir
+folder, go, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(go.parent / f"ready-{name}").touch()
+while not go.exists():
+    time.sleep(0.001)
+guard_output_dir(folder, overwrite=False)
+time.sleep(0.5)  # loading data and model: a real run writes its first file seconds after the check
+folder.mkdir(parents=True, exist_ok=True)
+for step in range(5):  # a run writing its checkpoints
+    (folder / f"checkpoint-{step}").write_text(name)
+    time.sleep(0.05)
+if len(sys.argv) > 4:
+    import os, signal
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def start_writers(tmp_path, folder, names, *extra):
+    (tmp_path / "writer.py").write_text(WRITER)
+    processes = {name: subprocess.Popen([sys.executable, str(tmp_path / "writer.py"), str(folder), str(tmp_path / "go"), name, *extra],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names}
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready-{name}").exists() for name in names) and time.time() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()  # both call guard_output_dir now
+    return {name: (process, *process.communicate(timeout=120)) for name, process in processes.items()}
+
+
+def test_two_runs_started_together_into_one_folder_one_is_refused_and_nothing_interleaves(tmp_path):
+    folder = tmp_path / "out"
+    results = start_writers(tmp_path, folder, ["first", "second"])
+    codes = {name: process.returncode for name, (process, _, _) in results.items()}
+    assert sorted(codes.values())[0] == 0 and sorted(codes.values())[1] != 0, codes
+    winner = next(name for name, code in codes.items() if code == 0)
+    loser_error = next(err for name, (_, _, err) in results.items() if name != winner)
+    assert "FolderInUseError" in loser_error and f"is being written by process {results[winner][0].pid}" in loser_error
+    assert {path.read_text() for path in folder.glob("checkpoint-*")} == {winner}
+    assert not lock_path(folder).exists()  # given back at exit
+
+
+def test_a_crashed_runs_lock_is_stale_and_the_next_run_takes_the_folder(tmp_path):
+    folder = tmp_path / "out"
+    (process, _, err), = start_writers(tmp_path, folder, ["crashing"], "--crash").values()
+    assert process.returncode == -signal.SIGKILL, err
+    assert lock_path(folder).exists()  # left behind, but nobody holds it
+    guard_output_dir(folder, overwrite=False, resuming=True)
+    assert holds_folder(folder)
+    release_folder(folder)
+
+
+def test_a_refused_folder_is_given_back_and_a_claim_creates_nothing_in_the_folder(earlier_run, tmp_path):
+    before = snapshot(earlier_run)
+    with pytest.raises(FileExistsError):
+        guard_output_dir(earlier_run, overwrite=False)
+    assert not holds_folder(earlier_run) and not lock_path(earlier_run).exists() and snapshot(earlier_run) == before
+    claim_folder(tmp_path / "new" / "run")
+    assert lock_path(tmp_path / "new" / "run").exists() and not (tmp_path / "new" / "run").exists()
+    release_folder(tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists()  # the parent the claim created, empty again
+
+
+class WorkerSignals(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return torch.tensor([signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, signal.getsignal(signal.SIGINT) == signal.SIG_IGN])
+
+
+def test_data_loader_workers_of_a_prepared_loader_ignore_termination_signals():
+    """accelerate wraps the Trainer's loader; the workers are started by the wrapped one."""
+    from accelerate import Accelerator
+
+    from mfm_hub.trainer import protect_workers
+
+    loader = Accelerator(cpu=True).prepare(torch.utils.data.DataLoader(WorkerSignals(), batch_size=4, num_workers=2))
+    assert not next(iter(loader)).any()  # torch's own worker handlers: a SIGTERM from outside kills the worker
+    assert next(iter(protect_workers(loader))).all()

@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from mfm_hub.configuration_mfm import PRESETS, resolve_config
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
 from mfm_hub.pretext import PRETEXT_TASKS, get_pretext_task
+from mfm_hub.trainer import SaveOnSigterm, SignalSafeWorkersMixin
 from mfm_hub.visualization import logged_losses, plot_loss_curve, reconstruction_grid
 
 logger = logging.getLogger("run_pretraining")
@@ -171,11 +171,11 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-class MFMPretrainingTrainer(Trainer):
-    """Trainer with the MFM weight-decay split, a stop on a non-finite loss (before the
-    optimizer step, so no checkpoint ever holds the damage), and, for FOLK, the two loss
-    terms and the teacher's target statistics logged beside the total (this process's mean
-    since the last log)."""
+class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
+    """Trainer with the MFM weight-decay split, data-loader workers that leave SIGTERM to this
+    process (`mfm_hub.trainer`), a stop on a non-finite loss (before the optimizer step, so no
+    checkpoint ever holds the damage), and, for FOLK, the two loss terms and the teacher's
+    target statistics logged beside the total (this process's mean since the last log)."""
 
     LOSS_TERMS = ("reconstruction_loss", "distillation_loss", "teacher_entropy", "teacher_marginal_kl")
 
@@ -256,24 +256,6 @@ class FOLKScheduleCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         model.update_teacher(ema_momentum(state.global_step, state.max_steps, model.config.folk_ema_momentum))
-
-
-class SaveOnSigterm(TrainerCallback):
-    """On SIGTERM, finish the current step, save a checkpoint and stop (resumable)."""
-
-    def __init__(self):
-        self.received = False
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.received:
-            control.should_save = True
-            control.should_training_stop = True
 
 
 def build_model(model_args: ModelArguments):

@@ -20,7 +20,9 @@ def write_results(output_dir: str | Path, results: dict) -> Path:
 
 
 def _protocol_key(result: EvalResult) -> tuple:
-    return (result.task_type, result.dataset_type, result.dataset_split, result.metric_type, result.metric_name)
+    """One result per protocol, data and metric: the Hub's own grouping (`unique_identifier`:
+    task, dataset type and config, split, revision) and the metric."""
+    return (*result.unique_identifier, result.metric_type, result.metric_name)
 
 
 def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, task_name: str, dataset: DatasetReference,
@@ -33,14 +35,14 @@ def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, ta
     episodes"``) and names each metric (``"<task_name>: <metric>"``), because the Hub's
     model-index groups results by task type, dataset and split only, not by task name.
     Results accumulate: an earlier result is replaced only by one of the same protocol,
-    dataset, split and metric."""
+    dataset (type and config: two local folders are two datasets), split and metric."""
     path = Path(card_dir) / "README.md"
     card = ModelCard.load(path) if path.exists() else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {model_name}\n")
     if card.data is None:
         card.data = ModelCardData()
     new = [
         EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset.type, dataset_name=dataset.name,
-                   dataset_split=split, metric_type=metric, metric_name=f"{task_name}: {metric}", metric_value=round(float(value), 6))
+                   dataset_config=dataset.config, dataset_split=split, metric_type=metric, metric_name=f"{task_name}: {metric}", metric_value=round(float(value), 6))
         for metric, value in metrics.items()
     ]
     replaced = {_protocol_key(result) for result in new}
