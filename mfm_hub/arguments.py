@@ -23,6 +23,7 @@ from transformers import HfArgumentParser
 
 from .allocator import keep_freed_memory
 from .folder_lock import claim_folder, holds_folder, release_folder
+from .trainer import newest_complete_checkpoint
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -42,10 +43,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return content
 
 
-def _convert(action: argparse.Action, key: str, value: Any, path: Path) -> Any:
-    """``value`` as the command line would have parsed it for ``action`` (mappings, e.g.
-    ``lr_scheduler_kwargs``, pass through)."""
-    if value is None or isinstance(value, dict):
+def _convert(action: argparse.Action, key: str, value: Any, path: Path, annotation: str) -> Any:
+    """``value`` as the command line would have parsed it for ``action``: ``null`` only where the
+    argument may be empty (its default is None), a mapping only where its type holds one
+    (``lr_scheduler_kwargs``: ``annotation`` names ``dict``), where both pass through."""
+    expected = getattr(action.type, "__name__", str(action.type))
+    if value is None:
+        if action.default is not None:
+            raise ValueError(f"{path}: `{key}` cannot be empty (null); it must be {expected} (default {action.default!r}).")
+        return value
+    if isinstance(value, dict):
+        if "dict" not in annotation:
+            raise ValueError(f"{path}: `{key}` must be {expected}, not a mapping ({value!r}).")
         return value
     many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
     if isinstance(value, list) and not many:
@@ -75,14 +84,10 @@ def config_file_values(parser: HfArgumentParser, path: str | Path) -> dict[str, 
     unknown = sorted(set(content) - set(actions))
     if unknown:
         raise ValueError(f"{path}: unknown arguments {unknown}; see `--help` for the accepted names.")
-    return {key: _convert(actions[key], key, value, path) for key, value in content.items()}
-
-
-def trainer_checkpoints(folder: str | Path) -> list[Path]:
-    """The Trainer's ``checkpoint-<step>`` folders in ``folder``, oldest step first."""
-    steps = {int(path.name.removeprefix("checkpoint-")): path for path in Path(folder).glob("checkpoint-*")
-             if path.name.removeprefix("checkpoint-").isdigit()}
-    return [steps[step] for step in sorted(steps)]
+    # the classes' own annotations: HfArgumentParser rewrites a field's type (``dict | str`` becomes ``str``)
+    annotations = {name: str(annotation) for kind in parser.dataclass_types for klass in reversed(kind.__mro__)
+                   for name, annotation in vars(klass).get("__annotations__", {}).items()}
+    return {key: _convert(actions[key], key, value, path, annotations.get(key, "")) for key, value in content.items()}
 
 
 def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False, flag: str = "--overwrite_output_dir") -> None:
@@ -103,8 +108,8 @@ def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = F
         return
     if claimed_now:
         release_folder(path)
-    checkpoints = trainer_checkpoints(path)
-    resume = f", or --resume_from_checkpoint {checkpoints[-1]} to continue its run" if checkpoints else ""
+    newest = newest_complete_checkpoint(path)
+    resume = f", or --resume_from_checkpoint {newest} to continue its run" if newest else ""
     shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
     raise FileExistsError(
         f"The output folder {path} already holds {shown}; nothing was changed. Choose another output folder, "
@@ -136,7 +141,7 @@ def check_training_arguments(args) -> None:
 
 
 __all__ = ["CONFIG_SUFFIXES", "check_training_arguments", "config_file_values", "guard_output_dir", "read_config_file", "require",
-           "require_at_least", "trainer_checkpoints"]
+           "require_at_least"]
 
 
 def setup_training_process(args) -> None:

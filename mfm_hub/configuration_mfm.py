@@ -2,12 +2,54 @@
 
 from __future__ import annotations
 
+import difflib
+from pathlib import Path
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
 from .attention import ATTENTION_BACKENDS
 from .pretext import PRETEXT_TASKS, get_pretext_task
 from .pretext import check as _check
+
+#: How a field's annotation is checked, and how the error names it.
+_SCALAR_TYPES = {
+    "int": (lambda value: isinstance(value, int) and not isinstance(value, bool), "an integer"),
+    "float": (lambda value: isinstance(value, (int, float)) and not isinstance(value, bool), "a number"),
+    "bool": (lambda value: isinstance(value, bool), "true or false"),
+    "str": (lambda value: isinstance(value, str), "a string"),
+    "None": (lambda value: value is None, "null"),
+}
+
+
+def _sequence_element(option: str) -> str | None:
+    """``int`` for ``tuple[int, ...]`` / ``list[int]``, None for a scalar annotation."""
+    return option.split("[", 1)[1].split(",")[0].rstrip("]").strip() if option.startswith(("tuple[", "list[")) else None
+
+
+def _known(option: str) -> bool:
+    return (_sequence_element(option) or option) in _SCALAR_TYPES
+
+
+def _matches(annotation: str, value) -> bool:
+    """Whether ``value`` fits ``annotation`` (an annotation with a type not listed here fits anything)."""
+    options = annotation.split(" | ")
+    if not all(map(_known, options)):
+        return True
+    for option in options:
+        element = _sequence_element(option)
+        if element is not None and isinstance(value, (list, tuple)) and all(_SCALAR_TYPES[element][0](item) for item in value):
+            return True
+        if element is None and _SCALAR_TYPES[option][0](value):
+            return True
+    return False
+
+
+def _describe(annotation: str) -> str:
+    names = [f"a list of {_SCALAR_TYPES[element][1].split(' ', 1)[1]}s" if (element := _sequence_element(option)) else _SCALAR_TYPES[option][1]
+             for option in annotation.split(" | ")]
+    return " or ".join(dict.fromkeys(names))
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -98,7 +140,20 @@ class MFMConfigBase(PreTrainedConfig):
     folk_reconstruction_weight: float = 1.0
     folk_export: str = "teacher"
 
+    def check_field_types(self) -> None:
+        """Every declared field against its annotation, before any value is used: a
+        ``config.json`` or keyword of the wrong type (``"16"`` for a radius, ``"yes"`` for a
+        flag) is a `ValueError` naming the field, never a ``TypeError`` deep inside a check or a
+        truthy string taken for true."""
+        for klass in reversed(type(self).__mro__):
+            if klass.__module__ != __name__:
+                continue
+            for name, annotation in vars(klass).get("__annotations__", {}).items():
+                value = getattr(self, name, None)
+                _check(_matches(str(annotation), value), f"`{name}` must be {_describe(str(annotation))}, got {value!r} ({type(value).__name__}).")
+
     def __post_init__(self, **kwargs):
+        self.check_field_types()
         _check(isinstance(self.image_size, int) and self.image_size > 0, f"`image_size` must be a positive int, got {self.image_size!r}.")
         _check(self.num_channels in (1, 3), f"`num_channels` must be 1 or 3, got {self.num_channels!r}.")
         _check(
@@ -203,6 +258,7 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        self.check_field_types()
         _check(isinstance(self.patch_size, int) and self.patch_size > 0, f"`patch_size` must be a positive int, got {self.patch_size!r}.")
         _check(
             self.image_size % self.patch_size == 0,
@@ -278,6 +334,7 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        self.check_field_types()
         _check(self.block_type in ("basic", "bottleneck"), f"`block_type` must be 'basic' or 'bottleneck', got {self.block_type!r}.")
         _check(len(self.layers) == 4 and all(n >= 1 for n in self.layers), f"`layers` must be 4 positive ints, got {list(self.layers)!r}.")
         _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
@@ -332,6 +389,7 @@ class MFMSwinConfig(BackboneConfigMixin, MFMConfigBase):
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        self.check_field_types()
         _check(len(self.depths) == len(self.num_heads) == 4, f"`depths` and `num_heads` need 4 stages, got {list(self.depths)} / {list(self.num_heads)}.")
         _check(all(d >= 1 for d in self.depths), f"`depths` must be positive, got {list(self.depths)!r}.")
         for stage in range(4):
@@ -385,12 +443,39 @@ PRESETS: dict[str, tuple[type, dict]] = {
 }
 
 
+def _means_local(name_or_path: str) -> bool:
+    """Whether a model name can only mean a local path: absolute or relative to ``.`` / ``~``, a
+    ``.json`` file, more components than a Hub id's ``owner/name``, no ``/`` at all (nor a
+    preset), or a first component that is a folder here (``outputs/quickstrat``)."""
+    parts = Path(name_or_path).parts
+    return (name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.endswith(".json") or len(parts) != 2
+            or Path(parts[0]).is_dir())
+
+
+def check_model_source(name_or_path: str, argument: str = "--model") -> None:
+    """Refuse, before any download is attempted, a model name that means a local folder or file
+    that does not exist (else transformers reports a Hub or connection error for a typo),
+    naming the closest presets and folders."""
+    if name_or_path in PRESETS or Path(name_or_path).expanduser().exists() or not _means_local(name_or_path):
+        return
+    path = Path(name_or_path).expanduser()
+    parent = next((ancestor for ancestor in path.parents if ancestor.is_dir()), Path("."))
+    neighbours = [str(entry) if parent != Path(".") else entry.name for entry in parent.iterdir() if entry.is_dir()]
+    close = difflib.get_close_matches(name_or_path, [*PRESETS, *neighbours], n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(close)}?" if close else f" Presets: {', '.join(sorted(PRESETS))}."
+    raise FileNotFoundError(
+        f"{argument} {name_or_path!r} is neither a preset, an existing checkpoint folder or config.json, nor a Hub id "
+        f"(owner/name): nothing is at that path.{hint}"
+    )
+
+
 def resolve_config(name_or_path: str, **overrides) -> MFMViTConfig | MFMResNetConfig:
     """A preset by name, else the config of a checkpoint folder, ``config.json`` or Hub id.
     Overrides are applied by rebuilding the config, so they go through its validation
     (``from_pretrained(..., **kwargs)`` would set them after the checks)."""
     if name_or_path in PRESETS:
         return config_from_preset(name_or_path, **overrides)
+    check_model_source(name_or_path)
     saved = AutoConfig.from_pretrained(name_or_path)
     return type(saved).from_dict({**saved.to_dict(), **overrides}) if overrides else saved
 
@@ -403,4 +488,5 @@ def config_from_preset(name: str, **overrides) -> MFMViTConfig | MFMResNetConfig
     return config_class(**{**fields, **overrides})
 
 
-__all__ = ["MFMConfigBase", "MFMResNetConfig", "MFMSwinConfig", "MFMViTConfig", "PRESETS", "config_from_preset", "resolve_config"]
+__all__ = ["MFMConfigBase", "MFMResNetConfig", "MFMSwinConfig", "MFMViTConfig", "PRESETS", "check_model_source", "config_from_preset",
+           "resolve_config"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
@@ -28,6 +27,8 @@ from .configuration_mfm import PRESETS, config_from_preset
 from .families import family_of
 from .folder_lock import folder_claimed
 from .model_card import write_model_card
+from .modeling_common import refuse_non_finite_weights
+from .safe_load import load_tensors
 
 #: Short names of the released architectures.
 ARCH_ALIASES = {"vit-base": "vit-base-patch16-224", "vit-small": "vit-small-patch16-224", "resnet50": "resnet50",
@@ -49,16 +50,7 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}.")
-    try:
-        with torch.serialization.safe_globals([(_InertConfigNode, "yacs.config.CfgNode")]):
-            content = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds objects other than tensors and plain containers, which a safe load refuses "
-            f"(it was not executed): {error}"
-        ) from error
-    except (RuntimeError, EOFError) as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
+    content = load_tensors(path, [(_InertConfigNode, "yacs.config.CfgNode")])
     if isinstance(content, dict):
         for key in ("model", "state_dict"):
             if isinstance(content.get(key), dict):
@@ -66,6 +58,7 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise ValueError(f"{path} does not contain a state dict (a dict of tensors, or one under 'model').")
+    refuse_non_finite_weights(content.items(), path)
     return content
 
 

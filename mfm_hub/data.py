@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import logging
 import math
 import struct
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2 as T
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -145,13 +148,39 @@ class DatasetReference:
     config: Optional[str] = None
 
 
-def first_examples(dataset, limit: Optional[int]):
-    """The first ``limit`` examples (``--max_*_samples``), all of them for ``None``; streams are cut lazily."""
+#: Examples a stream is shuffled over before ``--max_*_samples`` takes its share.
+STREAM_SHUFFLE_BUFFER = 10_000
+
+
+def _class_label_column(dataset) -> Optional[str]:
+    return next((name for name, feature in (dataset.features or {}).items() if isinstance(feature, datasets.ClassLabel)), None)
+
+
+def sample_examples(dataset, limit: Optional[int], seed: int, label_column: Optional[str] = None):
+    """``--max_*_samples``: at most ``limit`` examples drawn with ``seed`` (the same on every
+    process and on resume), all of them for ``None``. With class labels (``label_column``, or the
+    dataset's `ClassLabel` column) the sample is class-balanced: classes take turns, each giving
+    its next seeded pick (image folders list their files class by class, so the first N would
+    hold the first classes only); without labels it is uniform; a stream is shuffled over
+    `STREAM_SHUFFLE_BUFFER` examples, then cut. Logs the classes the sample holds."""
     if limit is None:
         return dataset
     if isinstance(dataset, datasets.IterableDataset):
-        return dataset.take(limit)
-    return dataset.select(range(min(len(dataset), limit)))
+        return dataset.shuffle(seed=seed, buffer_size=STREAM_SHUFFLE_BUFFER).take(limit)
+    if limit >= len(dataset):
+        return dataset
+    generator = np.random.default_rng(seed)
+    label_column = label_column or _class_label_column(dataset)
+    if label_column is None:
+        return dataset.select(np.sort(generator.permutation(len(dataset))[:limit]))
+    labels = np.asarray(dataset[label_column])
+    picks = {label: generator.permutation(np.flatnonzero(labels == label)) for label in np.unique(labels)}
+    turns = [members[turn] for turn in range(max(map(len, picks.values()))) for members in picks.values() if turn < len(members)]
+    chosen = np.sort(np.asarray(turns[:limit]))
+    counts = np.unique(labels[chosen], return_counts=True)[1]
+    logger.info("Sampled %d of %d examples (seed %d): %d of %d classes, %d to %d per class.", limit, len(dataset), seed,
+                len(counts), len(picks), counts.min(), counts.max())
+    return dataset.select(chosen)
 
 
 def dataset_reference(dataset_name: Optional[str], data_dir: Optional[str]) -> DatasetReference:
@@ -170,7 +199,16 @@ def _find_images(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
-_SPLIT_FOLDERS = {"train", "training", "test", "testing", "eval", "evaluation", "validation", "valid", "val", "dev"}
+#: Sub-folder names that `datasets`' imagefolder reads as splits, and the split each becomes.
+SPLIT_FOLDERS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation", "val": "validation",
+                 "dev": "validation", "test": "test", "testing": "test", "eval": "test", "evaluation": "test"}
+
+
+def folder_splits(folder: str | Path) -> list[str]:
+    """The splits an image folder's sub-folders define (``train/``, ``val/``, ...), sorted; none
+    for a folder of class sub-folders."""
+    return sorted({SPLIT_FOLDERS[child.name.lower()] for child in Path(folder).iterdir()
+                   if child.is_dir() and child.name.lower() in SPLIT_FOLDERS})
 
 
 def _load_imagefolder(folder: Path, images: list[Path], split: str, streaming: bool):
@@ -179,7 +217,7 @@ def _load_imagefolder(folder: Path, images: list[Path], split: str, streaming: b
     is nothing to infer (no split sub-folders, no metadata file) the image list is passed
     directly (7 s), with the same labels from the class folders."""
     children = {child.name.lower() for child in folder.iterdir()}
-    if children & _SPLIT_FOLDERS or any(name.startswith("metadata.") for name in children):
+    if children & SPLIT_FOLDERS.keys() or any(name.startswith("metadata.") for name in children):
         return datasets.load_dataset("imagefolder", data_dir=str(folder), split=split, streaming=streaming)
     return datasets.load_dataset("imagefolder", data_files={split: sorted(map(str, images))}, split=split, streaming=streaming)
 
@@ -354,9 +392,10 @@ __all__ = [
     "BadImageError",
     "DatasetReference",
     "dataset_reference",
-    "first_examples",
+    "sample_examples",
     "FASHION_MNIST_LABELS",
     "fashion_mnist_files",
+    "folder_splits",
     "fashion_mnist_samples",
     "PretrainingImages",
     "StreamingPretrainingImages",

@@ -86,6 +86,28 @@ def prepare_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: 
     return pixel_values.to(dtype)
 
 
+def non_finite_tensors(named_tensors) -> list[str]:
+    """``"name (k of n values)"`` for each floating tensor of ``(name, tensor)`` pairs that holds
+    NaN or inf."""
+    found = []
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor.detach())).sum())
+            if bad:
+                found.append(f"{name} ({bad} of {tensor.numel()} values)")
+    return found
+
+
+def refuse_non_finite_weights(named_tensors, source) -> None:
+    """A `ValueError` naming the tensors of ``source`` (a checkpoint) that hold NaN or inf: a model
+    with them computes NaN features, logits and losses, which no later step reports clearly."""
+    bad = non_finite_tensors(named_tensors)
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"{source} holds non-finite weights: {listed}. It is damaged or comes from a run that diverged; "
+                         "use an earlier checkpoint.")
+
+
 def check_unit_range(pixel_values: torch.Tensor) -> None:
     """Pre-training inputs are un-normalised images in [0, 1] (MFM masks before normalising);
     run after `prepare_pixel_values`, which refuses non-finite values."""
@@ -233,6 +255,8 @@ class MFMPreTrainedModel(PreTrainedModel):
         mismatched = [] if allow_mismatched else [
             entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info["mismatched_keys"]
         ]
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        refuse_non_finite_weights((*model.named_parameters(), *model.named_buffers()), f"The checkpoint {source}")
         if missing or mismatched:
             details = []
             if missing:

@@ -25,9 +25,11 @@ from typing import Optional
 import torch
 
 from .arguments import guard_output_dir
+from .configuration_mfm import check_model_source
 from .families import saved_model_class
 from .folder_lock import folder_claimed
 from .image_processing import EVAL_CROP_PCT
+from .modeling_common import refuse_non_finite_weights
 
 
 def to_timm(model):
@@ -56,7 +58,10 @@ def export_to_timm(source, output: str | Path, push_to_hub: Optional[str] = None
 
     with folder_claimed(output):  # held while writing; a script's own claim stays until it exits
         guard_output_dir(output, overwrite, flag="--overwrite")
+        if not isinstance(source, torch.nn.Module):
+            check_model_source(source)
         model = source if isinstance(source, torch.nn.Module) else saved_model_class(source).from_pretrained(source).eval()
+        refuse_non_finite_weights(model.state_dict().items(), f"The model to export ({type(model).__name__})")
         timm_model, arguments = to_timm(model)
         config = model.config
         data = dict(input_size=(config.num_channels, config.image_size, config.image_size), interpolation="bicubic",

@@ -1,5 +1,6 @@
 """Trainer machinery the scripts share: a stop on SIGTERM that saves a resumable checkpoint,
-and data-loader workers that leave termination signals to the main process.
+data-loader workers that leave termination signals to the main process, and the checks that a
+checkpoint can continue a run exactly.
 
 Schedulers and launchers signal more than the main process: torchrun and Kubernetes' process
 managers signal a whole process group, SLURM every process of a job step, Ctrl-C the terminal's
@@ -10,9 +11,16 @@ therefore ignore SIGTERM and SIGINT; the main process decides, and shuts them do
 
 from __future__ import annotations
 
+import json
 import signal
+from pathlib import Path
+from typing import Optional
 
+import safetensors.torch
 from transformers import TrainerCallback
+from transformers.trainer_pt_utils import safe_globals
+
+from .safe_load import load_tensors
 
 
 def ignore_termination_signals() -> None:
@@ -77,4 +85,87 @@ class SaveOnSigterm(TrainerCallback):
             control.should_training_stop = True
 
 
-__all__ = ["SaveOnSigterm", "SignalSafeWorkersMixin", "ignore_termination_signals", "protect_workers"]
+# --------------------------------------------------------------------------------------
+# Resuming
+# --------------------------------------------------------------------------------------
+
+#: What a Trainer checkpoint needs to continue exactly, besides one RNG file per process.
+RESUME_FILES = ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt")
+
+
+def trainer_checkpoints(folder: str | Path) -> list[Path]:
+    """The Trainer's ``checkpoint-<step>`` folders in ``folder``, oldest step first."""
+    steps = {int(path.name.removeprefix("checkpoint-")): path for path in Path(folder).glob("checkpoint-*")
+             if path.name.removeprefix("checkpoint-").isdigit()}
+    return [steps[step] for step in sorted(steps)]
+
+
+def _rng_files(checkpoint: Path, world_size: Optional[int]) -> list[str]:
+    if world_size is None:  # as many processes as the checkpoint has RNG files for
+        return sorted(path.name for path in checkpoint.glob("rng_state*.pth")) or ["rng_state.pth"]
+    return ["rng_state.pth"] if world_size == 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+
+
+def checkpoint_problem(checkpoint: Path, world_size: Optional[int] = None) -> Optional[str]:
+    """Why ``checkpoint`` cannot be resumed exactly by ``world_size`` processes (any number when
+    ``None``): a file missing or unreadable (say, half-written when the run was killed); or None.
+    transformers would resume from it anyway: without ``scheduler.pt`` it silently starts a new
+    optimizer and schedule, without an RNG file it draws different masks."""
+    if not checkpoint.is_dir():
+        return f"{checkpoint} is not a folder"
+    for name in (*RESUME_FILES, *_rng_files(checkpoint, world_size)):
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{path} is missing"
+        try:
+            if name.endswith(".json"):
+                json.loads(path.read_text())["global_step"]
+            elif name.endswith(".safetensors"):
+                safetensors.torch.load_file(path)
+            else:
+                with safe_globals():  # the numpy RNG types transformers itself allows in these files
+                    load_tensors(path)
+        except Exception as error:  # any failure to read it means it cannot be resumed from
+            return f"{path} is unreadable ({str(error)[:300]})"
+    return None
+
+
+def newest_complete_checkpoint(folder: str | Path, world_size: Optional[int] = None, before: Optional[Path] = None) -> Optional[Path]:
+    """The newest ``checkpoint-*`` in ``folder`` (older than ``before``, if given) that can be
+    resumed exactly, or None."""
+    checkpoints = trainer_checkpoints(folder)
+    if before is not None and before in checkpoints:
+        checkpoints = checkpoints[:checkpoints.index(before)]
+    return next((path for path in reversed(checkpoints) if checkpoint_problem(path, world_size) is None), None)
+
+
+def check_resumable(checkpoint: str | Path, world_size: int) -> None:
+    """Stop before training when ``checkpoint`` cannot continue exactly, naming the file and
+    the newest earlier checkpoint beside it that can."""
+    path = Path(checkpoint)
+    problem = checkpoint_problem(path, world_size)
+    if problem is None:
+        return
+    good = newest_complete_checkpoint(path.parent, world_size, before=path)
+    advice = f"resume from the previous good checkpoint with --resume_from_checkpoint {good}" if good else "no earlier checkpoint beside it is complete"
+    raise ValueError(f"Cannot resume exactly from {path}: {problem}. Nothing was changed; {advice}.")
+
+
+def resolve_resume_checkpoint(value: Optional[str], output_dir: str | Path, world_size: int) -> Optional[str]:
+    """``--resume_from_checkpoint``: a checkpoint folder, or ``True`` (transformers' convention)
+    for the newest checkpoint in ``output_dir`` that can continue exactly; ``False`` for none."""
+    if value is None or str(value).lower() == "false":
+        return None
+    if str(value).lower() != "true":
+        return str(value)
+    newest = newest_complete_checkpoint(output_dir, world_size)
+    if newest is None:
+        found = trainer_checkpoints(output_dir)
+        detail = (f"its checkpoints ({', '.join(path.name for path in found)}) are all incomplete" if found
+                  else "it holds no checkpoint-* folder")
+        raise ValueError(f"--resume_from_checkpoint True resumes from the newest complete checkpoint in {output_dir}, but {detail}.")
+    return str(newest)
+
+
+__all__ = ["RESUME_FILES", "SaveOnSigterm", "SignalSafeWorkersMixin", "check_resumable", "checkpoint_problem", "ignore_termination_signals",
+           "newest_complete_checkpoint", "protect_workers", "resolve_resume_checkpoint", "trainer_checkpoints"]

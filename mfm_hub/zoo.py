@@ -19,6 +19,7 @@ is a URL template (``MFM_HUB_ZOO_URL``, e.g. ``http://mirror/{file_id}``) for mi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -174,11 +175,34 @@ def _download_and_convert(entry: OfficialCheckpoint, url_template: Optional[str]
 def load(name: str, model_class=None, url_template: Optional[str] = None, **kwargs):
     """``fetch`` + ``from_pretrained``: the converted model (``MFM*ForPreTraining`` for a
     pre-trained file, ``MFM*ForImageClassification`` for a fine-tuned one), or ``model_class``
-    (e.g. `AutoModel` for the bare encoder, `AutoBackbone`)."""
+    (e.g. `AutoModel` for the bare encoder, `AutoBackbone`). A cached copy damaged since it was
+    cached (a truncated or altered file) is removed and downloaded afresh, once."""
     from .families import saved_model_class
 
     folder = fetch(name, url_template=url_template)
-    return (model_class or saved_model_class(folder)).from_pretrained(folder, **kwargs)
+    try:
+        return (model_class or saved_model_class(folder)).from_pretrained(folder, **kwargs)
+    except (ValueError, OSError):
+        damage = cache_damage(folder)
+        if damage is None:  # the entry is whole: the call itself is wrong (say, a model class of another family)
+            raise
+        print(f"The cached {name} is damaged ({damage}); removing it and downloading it again.")
+        shutil.rmtree(folder)
+        folder = fetch(name, url_template=url_template)
+        return (model_class or saved_model_class(folder)).from_pretrained(folder, **kwargs)
+
+
+def cache_damage(folder: Path) -> Optional[str]:
+    """What is wrong with a converted cache entry (a config that does not parse, weights that do
+    not read in full), or None."""
+    from safetensors.torch import load_file
+
+    for name, read in (("config.json", lambda path: json.loads(path.read_text())), ("model.safetensors", load_file)):
+        try:
+            read(folder / name)
+        except Exception as error:  # any failure to read a file the entry needs means the entry is damaged
+            return f"{name}: {type(error).__name__}: {str(error)[:200]}"
+    return None
 
 
 def write_zoo_card(folder: Path, entry: OfficialCheckpoint, model, repo_name: Optional[str] = None) -> Path:

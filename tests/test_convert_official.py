@@ -158,17 +158,37 @@ def test_pickled_code_is_never_executed(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"model": {"encoder.cls_token": torch.zeros(1)}, "payload": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(ValueError, match="safe load refuses"):
+    with pytest.raises(ValueError, match=r"holds a pickled `posix.system`, which a safe load refuses to create") as refusal:
         load_official_checkpoint(tmp_path / "evil.pth")
     assert not marker.exists()
+    assert "weights_only" not in str(refusal.value)  # never the advice to load it unsafely
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
     save_like_the_release({"encoder.cls_token": torch.zeros(1, 1, 192)}, tmp_path / "ok.pth")
     data = (tmp_path / "ok.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="is not a PyTorch checkpoint: it is a zip archive, but not a PyTorch one, or a truncated one"):
         load_official_checkpoint(tmp_path / "cut.pth")
+
+
+def test_an_official_file_with_non_finite_weights_is_refused_naming_them(tmp_path):
+    save_like_the_release({"encoder.cls_token": torch.full((1, 1, 192), float("inf"))}, tmp_path / "diverged.pth")
+    with pytest.raises(ValueError, match=r"diverged.pth holds non-finite weights: encoder.cls_token \(192 of 192 values\)"):
+        load_official_checkpoint(tmp_path / "diverged.pth")
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"", "it is empty"),
+    (b"hello, this is not a checkpoint", "it is text \('hello, this is not a checkpo"),
+    (b"\x93NUMPY\x01\x00v\x00{'descr': '<f8'}", "it is a NumPy array file"),
+    (bytes(range(200, 256)), "its format is unknown"),
+])
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path, content, kind):
+    """Not the unpickler's internals (a text file used to give `KeyError: 101`)."""
+    (tmp_path / "file.pth").write_bytes(content)
+    with pytest.raises(ValueError, match=f"file.pth is not a PyTorch checkpoint: {kind}"):
+        load_official_checkpoint(tmp_path / "file.pth")
 
 
 def test_command_line(tmp_path):

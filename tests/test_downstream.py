@@ -179,6 +179,25 @@ def test_fine_tuning_and_linear_probe(fashion_folder, encoder, tmp_path):  # noq
 
 
 @needs_fashion
+def test_a_checkpoint_with_non_finite_weights_stops_fine_tuning_and_few_shot_before_they_run(balanced_folder, tmp_path):
+    """Fine-tuning used to log loss 0 and save a NaN model; few-shot wrote exactly chance into the card."""
+    model = MFMViTModel(tiny_vit_config())
+    with torch.no_grad():
+        model.base_model.encoder.cls_token.fill_(float("nan"))
+    model.save_pretrained(tmp_path / "diverged")
+    card = (tmp_path / "diverged" / "README.md").read_text() if (tmp_path / "diverged" / "README.md").exists() else None
+    data = ["--train_dir", str(balanced_folder), "--validation_dir", str(balanced_folder)]
+    with pytest.raises(ValueError, match=r"diverged holds non-finite weights: .*cls_token"):
+        run_classification.main(["--model", str(tmp_path / "diverged"), *data, "--output_dir", str(tmp_path / "ft"), "--max_steps", "1"])
+    with pytest.raises(ValueError, match=r"diverged holds non-finite weights: .*cls_token"):
+        run_few_shot.main(["--model", str(tmp_path / "diverged"), "--data_dir", str(balanced_folder), "--split", "train",
+                           "--ways", "3", "--shots", "2", "--queries", "3", "--episodes", "5", "--output_dir", str(tmp_path / "fs")])
+    assert not list((tmp_path / "ft").glob("checkpoint-*")) and not (tmp_path / "fs" / "results.json").exists()
+    card_now = (tmp_path / "diverged" / "README.md").read_text() if (tmp_path / "diverged" / "README.md").exists() else None
+    assert card_now == card  # no result filed
+
+
+@needs_fashion
 @pytest.mark.slow
 def test_few_shot_episodes_are_seeded(balanced_folder, encoder, tmp_path):
     args = ["--model", str(encoder), "--data_dir", str(balanced_folder), "--split", "train", "--ways", "3", "--shots", "2",

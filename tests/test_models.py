@@ -187,6 +187,40 @@ def test_mismatching_checkpoint_names_the_keys(tmp_path):
         MFMViTModel.from_pretrained(tmp_path / "resnet")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_non_finite_weights_are_refused_where_a_checkpoint_is_read_naming_the_tensor(family, tmp_path):
+    """Every head of every family, and the timm export: a NaN or inf weight (a diverged run, a
+    damaged file) is an error naming it, not NaN features or a chance-level result later."""
+    from safetensors.torch import load_file, save_file
+
+    from mfm_hub.timm_export import export_to_timm
+
+    config_fn, *classes = FAMILIES[family]
+    classes[0](config_fn()).save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    state = load_file(weights)
+    name = next(key for key, value in state.items() if value.is_floating_point() and value.numel() > 1)
+    state[name][0] = float("nan")
+    save_file(state, weights, metadata={"format": "pt"})
+    for model_class in classes:
+        with pytest.raises(ValueError, match=rf"holds non-finite weights: .*{name.split('.')[-1]} \(1 of \d+ values\)"):
+            model_class.from_pretrained(tmp_path / "model")
+    model = classes[0](config_fn())
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("inf"))
+    with pytest.raises(ValueError, match="The model to export .* holds non-finite weights"):
+        export_to_timm(model, tmp_path / "timm")
+    assert not (tmp_path / "timm").exists()
+
+
+def test_non_finite_features_are_refused_by_every_frozen_feature_protocol():
+    model = MFMViTModel(tiny_vit_config()).eval()
+    with torch.no_grad():
+        model.base_model.encoder.norm.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite features for 2 of 2 images"):
+        frozen_features(model, torch.rand(2, 3, 32, 32))
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupt_safetensors_file_is_a_clear_error(damage, tmp_path):
     MFMViTModel(tiny_vit_config()).save_pretrained(tmp_path)
@@ -270,6 +304,11 @@ def test_vit_rejects_image_size_not_divisible_by_patch():
         (dict(hidden_size=50), "divisible by `num_attention_heads`"),
         (dict(num_channels=2), "num_channels"),
         (dict(add_fpn=True, out_indices=[1, 2]), "exactly 4"),
+        (dict(mask_radius="16"), r"`mask_radius` must be a number, got '16' \(str\)"),
+        (dict(hidden_size=48.0), r"`hidden_size` must be an integer, got 48.0"),
+        (dict(focal_weighting="yes"), r"`focal_weighting` must be true or false, got 'yes'"),
+        (dict(image_mean=("a", "b", "c")), r"`image_mean` must be a list of numbers"),
+        (dict(informed_keep_ratios=0.05), r"`informed_keep_ratios` must be a list of numbers, got 0.05"),
     ],
 )
 def test_bad_config_values(overrides, message):
@@ -378,3 +417,13 @@ def test_vit_pooling_default_option_and_old_checkpoints(tmp_path):
     with torch.no_grad():
         out = reloaded(x)
     assert torch.equal(out.pooler_output, out.last_hidden_state[:, 0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_config_json_with_wrong_types_is_refused_naming_the_field(family, tmp_path):
+    config_fn, model_class, *_ = FAMILIES[family]
+    model_class(config_fn()).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "mask_radius": "sixteen", "image_size": "64"}))
+    with pytest.raises(ValueError, match=r"`(image_size` must be an integer, got '64'|mask_radius` must be a number, got 'sixteen')"):
+        model_class.from_pretrained(tmp_path)

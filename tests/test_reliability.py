@@ -11,11 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from test_convert_official import ReferenceMFM, official_vit, save_like_the_release
+from transformers import HfArgumentParser
 
 from mfm_hub import MFMViTForPreTraining
 from mfm_hub.arguments import guard_output_dir
+from mfm_hub.configuration_mfm import check_model_source
 from mfm_hub.convert_official import main as convert_main
+from mfm_hub.demo.panels import load_reconstruction_model
 from mfm_hub.folder_lock import claim_folder, holds_folder, lock_path, release_folder
+from mfm_hub.timm_export import export_to_timm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
@@ -60,8 +64,9 @@ def test_every_entry_point_refuses_an_earlier_output_and_changes_nothing(entry_p
 
 
 def test_pretraining_points_at_resuming_and_a_resume_is_allowed(earlier_run):
-    with pytest.raises(FileExistsError, match=f"--resume_from_checkpoint {earlier_run / 'checkpoint-3'}"):
-        guard_output_dir(earlier_run, overwrite=False)
+    with pytest.raises(FileExistsError) as refusal:  # its checkpoint-3 is incomplete: never suggested (a complete one is:
+        guard_output_dir(earlier_run, overwrite=False)  # test_pretraining.py::test_damaged_checkpoints_stop_the_resume_...)
+    assert "--resume_from_checkpoint" not in str(refusal.value)
     guard_output_dir(earlier_run, overwrite=False, resuming=True)
     guard_output_dir(earlier_run, overwrite=True)
     guard_output_dir(earlier_run.parent / "new", overwrite=False)
@@ -203,3 +208,75 @@ def test_data_loader_workers_of_a_prepared_loader_ignore_termination_signals():
     loader = Accelerator(cpu=True).prepare(torch.utils.data.DataLoader(WorkerSignals(), batch_size=4, num_workers=2))
     assert not next(iter(loader)).any()  # torch's own worker handlers: a SIGTERM from outside kills the worker
     assert next(iter(protect_workers(loader))).all()
+
+
+MODEL_ENTRY_POINTS = {
+    "pretraining": lambda model, out: run_pretraining.main(["--model", model, "--output_dir", out, "--max_steps", "1"]),
+    "classification": lambda model, out: run_classification.main(["--model", model, "--output_dir", out, "--max_steps", "1"]),
+    "segmentation": lambda model, out: run_segmentation.main(["--model", model, "--output_dir", out, "--max_steps", "1"]),
+    "few_shot": lambda model, out: run_few_shot.main(["--model", model, "--output_dir", out]),
+    "robustness": lambda model, out: run_robustness.main(["--model", model, "--baseline", model, "--output_dir", out]),
+    "timm_export": lambda model, out: export_to_timm(model, out),
+    "demo": lambda model, out: load_reconstruction_model(model),
+}
+
+
+@pytest.mark.parametrize("entry_point", MODEL_ENTRY_POINTS)
+def test_a_typo_in_a_local_model_path_is_not_found_naming_the_closest_folder_or_preset(entry_point, tmp_path, monkeypatch):
+    """Never "check your internet connection" for a folder that is simply not there."""
+    (tmp_path / "outputs" / "quickstart").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="'outputs/quickstrat' is neither a preset.*Did you mean outputs/quickstart"):
+        MODEL_ENTRY_POINTS[entry_point]("outputs/quickstrat", str(tmp_path / "out1"))
+    with pytest.raises(FileNotFoundError, match="'vit-tiny-patch4-23' is neither a preset.*Did you mean vit-tiny-patch4-32"):
+        MODEL_ENTRY_POINTS[entry_point]("vit-tiny-patch4-23", str(tmp_path / "out2"))
+
+
+def test_what_may_be_a_hub_id_is_left_to_the_hub():
+    for name in ("owner/name", "vit-tiny-patch4-32"):
+        check_model_source(name)
+    with pytest.raises(FileNotFoundError, match="nothing is at that path"):
+        check_model_source("/no/such/checkpoint")
+
+
+def test_classification_evaluates_on_the_data_it_trains_on_or_says_what_is_missing(tmp_path):
+    """Never another dataset (the embedded Fashion-MNIST) for a --train_dir without --validation_dir."""
+    from PIL import Image
+
+    for split, name in (("train", "a"), ("train", "b"), ("val", "a"), ("val", "b")):
+        (tmp_path / "split" / split / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "split" / split / name / "0.png")
+        (tmp_path / "flat" / name).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "flat" / name / "0.png")
+    split_folder = ["--train_dir", str(tmp_path / "split")]
+    with pytest.raises(ValueError, match=r"has the splits \['train', 'validation'\], not --eval_split 'test': pass --eval_split validation"):
+        run_classification.main([*split_folder, "--output_dir", str(tmp_path / "o1"), "--max_steps", "1"])
+    with pytest.raises(ValueError, match="holds class folders but no evaluation images: pass --validation_dir"):
+        run_classification.main(["--train_dir", str(tmp_path / "flat"), "--output_dir", str(tmp_path / "o2"), "--max_steps", "1"])
+    data_args, = HfArgumentParser(run_classification.DataArguments).parse_args_into_dataclasses([*split_folder, "--eval_split", "validation"])
+    assert run_classification.evaluation_source(data_args) == ("validation", str(tmp_path / "split"))
+
+
+def test_max_samples_is_a_seeded_class_balanced_sample_not_the_first_classes(caplog):
+    """An image folder lists its files class by class: the first 1,000 of CIFAR-10's test set
+    are all airplanes. Every --max_*_samples goes through `sample_examples`."""
+    import datasets
+
+    from mfm_hub.data import sample_examples
+
+    labels = [label for label in range(10) for _ in range(100)]  # sorted by class, as an image folder
+    data = datasets.Dataset.from_dict({"index": list(range(1000)), "label": labels},
+                                      features=datasets.Features({"index": datasets.Value("int64"),
+                                                                  "label": datasets.ClassLabel(num_classes=10)}))
+    with caplog.at_level("INFO"):
+        sample = sample_examples(data, 100, seed=0)
+    assert sorted(sample["label"]) == [label for label in range(10) for _ in range(10)]
+    assert "Sampled 100 of 1000 examples (seed 0): 10 of 10 classes, 10 to 10 per class" in caplog.text
+    assert sample["index"] == sample_examples(data, 100, seed=0)["index"]  # the same on every process and on resume
+    assert sample["index"] != sample_examples(data, 100, seed=1)["index"]
+    assert len(set(sample_examples(data, 25, seed=0)["label"])) == 10  # 25 of 10 classes: 2 or 3 each
+    unlabelled = data.remove_columns("label")
+    assert max(sample_examples(unlabelled, 50, seed=0)["index"]) > 500  # uniform, not the first 50
+    assert sample_examples(data, 5000, seed=0) is data and sample_examples(data, None, seed=0) is data
+    stream = [row["index"] for row in sample_examples(data.to_iterable_dataset(), 20, seed=0)]
+    assert len(stream) == 20 and stream != list(range(20))

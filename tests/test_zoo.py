@@ -10,7 +10,7 @@ import torch
 from parity import FLOAT32_NETWORK, assert_close
 from test_convert_official import MEAN, STD, ReferenceMFM, official_resnet50, random_masks, randomize_, save_like_the_release
 
-from mfm_hub import MFMResNetForPreTraining, MFMResNetModel, zoo
+from mfm_hub import MFMResNetForPreTraining, MFMResNetModel, MFMViTModel, zoo
 
 ENTRY = "mfm-resnet50-pt300"
 
@@ -186,3 +186,21 @@ def test_readme_lists_the_whole_zoo_and_the_command_prints_it(capsys):
     assert zoo.table() in (Path(__file__).resolve().parents[1] / "README.md").read_text()
     zoo.main(["list"])
     assert capsys.readouterr().out.strip() == zoo.table()
+
+
+def test_a_cache_entry_damaged_after_caching_is_downloaded_again_not_served(official_r50, cache):
+    data, _ = official_r50
+    server = FileServer({zoo.get(ENTRY).file_id: data})
+    try:
+        zoo.load(ENTRY, url_template=server.url_template)
+        weights = cache / ENTRY / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a disk error, an interrupted copy
+        assert zoo.cache_damage(cache / ENTRY).startswith("model.safetensors")
+        model = zoo.load(ENTRY, url_template=server.url_template)
+        assert isinstance(model, MFMResNetForPreTraining) and zoo.cache_damage(cache / ENTRY) is None
+        assert len(server.requests) == 2  # fetched a second time
+        with pytest.raises(ValueError, match="does not match MFMViTModel"):  # a whole entry, a wrong call: no re-download
+            zoo.load(ENTRY, model_class=MFMViTModel, url_template=server.url_template)
+        assert len(server.requests) == 2
+    finally:
+        server.stop()

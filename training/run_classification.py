@@ -43,8 +43,8 @@ from mfm_hub.arguments import (
     resolve_learning_rate,
     setup_training_process,
 )
-from mfm_hub.configuration_mfm import PRESETS, resolve_config
-from mfm_hub.data import dataset_reference, decode_image, first_examples
+from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_config
+from mfm_hub.data import dataset_reference, decode_image, folder_splits, sample_examples
 from mfm_hub.visualization import logged_series, plot_confusion_matrix, plot_validation_curve
 
 logger = logging.getLogger("run_classification")
@@ -160,6 +160,25 @@ class ClassificationTrainer(Trainer):
         return self.optimizer
 
 
+def evaluation_source(data_args: DataArguments) -> tuple[str, Optional[str]]:
+    """``(split, folder)`` of the evaluation images: ``--validation_dir``, else the training
+    source's ``--eval_split`` (a ``--train_dir`` with split sub-folders, a Hub dataset, the
+    embedded Fashion-MNIST), never another dataset than the one trained on."""
+    if data_args.validation_dir:
+        return "train", data_args.validation_dir
+    if data_args.train_dir and Path(data_args.train_dir).is_dir():
+        splits = folder_splits(data_args.train_dir)
+        if not splits:
+            raise ValueError(f"--train_dir {data_args.train_dir} holds class folders but no evaluation images: pass "
+                             "--validation_dir (a folder with the same class sub-folders), or give it train/ and val/ sub-folders.")
+        if data_args.eval_split not in splits:
+            others = [split for split in splits if split != "train"]
+            raise ValueError(f"--train_dir {data_args.train_dir} has the splits {splits}, not --eval_split {data_args.eval_split!r}: "
+                             + (f"pass --eval_split {others[0]}" if others else "add a val/ or test/ sub-folder") + ", or --validation_dir.")
+        return data_args.eval_split, data_args.train_dir
+    return data_args.eval_split, None
+
+
 def build_model(model_args: ModelArguments, class_names: list[str]):
     config = resolve_config(
         model_args.model, num_labels=len(class_names), id2label=dict(enumerate(class_names)),
@@ -228,20 +247,20 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, ClassificationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
+    check_model_source(model_args.model)
     setup_training_process(args)
     set_seed(args.seed)
 
     train, image_column, class_names = evaluation.load_labelled_split(
         data_args.train_split, data_args.train_dir, data_args.dataset_name, data_args.dataset_config_name,
         data_args.image_column, data_args.label_column)
-    eval_dir = data_args.validation_dir if data_args.train_dir else None
-    evaluation_split = "train" if eval_dir else data_args.eval_split
+    evaluation_split, eval_dir = evaluation_source(data_args)
     test, _, test_names = evaluation.load_labelled_split(
         evaluation_split, eval_dir, data_args.dataset_name, data_args.dataset_config_name, image_column, data_args.label_column)
     if test_names != class_names:
         raise ValueError(f"Training classes {class_names} differ from evaluation classes {test_names}.")
     train = subset_for_training(train, data_args, data_args.label_column, args.seed)
-    test = first_examples(test, data_args.max_eval_samples)
+    test = sample_examples(test, data_args.max_eval_samples, args.seed, data_args.label_column)
 
     check = evaluation.labelled_image_check(image_column, data_args.label_column, len(class_names))
     evaluation.validate_examples(train, check, "training images")

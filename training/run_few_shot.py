@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import guard_output_dir, require, require_at_least
-from mfm_hub.data import dataset_reference, decode_image, first_examples
+from mfm_hub.configuration_mfm import check_model_source
+from mfm_hub.data import dataset_reference, decode_image, sample_examples
 from mfm_hub.visualization import plot_episodes
 
 
@@ -102,7 +103,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--classifier", choices=["prototype", "logistic"], default="prototype")
     parser.add_argument("--train_fraction", type=float, default=None, help="finetune protocol: labelled fraction instead of --shots")
-    parser.add_argument("--max_samples", type=int, default=None, help="draw episodes from the first N images of the split")
+    parser.add_argument("--max_samples", type=int, default=None, help="draw episodes from N images of the split, a seeded class-balanced sample")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--crop_pct", type=float, default=224 / 256)
     parser.add_argument("--seed", type=int, default=0)
@@ -121,8 +122,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
                                         *subset, *data, *passthrough])
 
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
+    check_model_source(args.model)
     dataset, image_column, class_names = evaluation.load_labelled_split(args.split, args.data_dir, args.dataset_name, label_column=args.label_column)
-    dataset = first_examples(dataset, args.max_samples)
+    dataset = sample_examples(dataset, args.max_samples, args.seed, args.label_column)
     model = evaluation.load_encoder(args.model).eval()
     features = extract_features(model, dataset, image_column, args.batch_size, args.crop_pct)
     labels = np.asarray(dataset[args.label_column])

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import safetensors.torch
 import torch
 import transformers
 from transformers import (
@@ -38,7 +37,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_pt_utils import safe_globals
 
 import mfm_hub
 from mfm_hub import data as mfm_data
@@ -51,13 +49,12 @@ from mfm_hub.arguments import (
     require_at_least,
     resolve_learning_rate,
     setup_training_process,
-    trainer_checkpoints,
 )
-from mfm_hub.configuration_mfm import PRESETS, resolve_config
+from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_config
 from mfm_hub.model_card import write_model_card
 from mfm_hub.modeling_folk import ema_momentum, prototypes_frozen, teacher_temperature
 from mfm_hub.pretext import PRETEXT_TASKS, get_pretext_task
-from mfm_hub.trainer import SaveOnSigterm, SignalSafeWorkersMixin
+from mfm_hub.trainer import SaveOnSigterm, SignalSafeWorkersMixin, check_resumable, newest_complete_checkpoint, resolve_resume_checkpoint
 from mfm_hub.visualization import logged_losses, plot_loss_curve, reconstruction_grid
 
 logger = logging.getLogger("run_pretraining")
@@ -123,7 +120,7 @@ class DataArguments:
     dataset_config_name: Optional[str] = field(default=None)
     image_column: Optional[str] = field(default=None, metadata={"help": "image column (default: the first Image feature)"})
     streaming: bool = field(default=False, metadata={"help": "stream the dataset instead of downloading it (set --max_steps)"})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "use only the first N images"})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "use N images, a seeded class-balanced sample (uniform without class labels)"})
     min_crop_scale: float = field(default=0.2, metadata={"help": "RandomResizedCrop minimum area (0.2)"})
     strict_data: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of replacing it"})
     num_figure_images: int = field(default=6, metadata={"help": "images in reconstructions.png"})
@@ -183,7 +180,7 @@ class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
         super().__init__(*args, **kwargs)
         self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
         self._term_count = 0
-        self.num_skipped_images = 0
+        self.unreadable_images: dict[str, int] = {}  # message (names the file) -> times replaced
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         skipped = inputs.pop("skipped_images", None)
@@ -197,12 +194,14 @@ class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _count_skipped(self, messages: list[str]) -> None:
-        """Unreadable images replaced in the data pipeline (possibly in worker processes):
-        one warning naming the first, and a running count for the end of the run."""
-        if not self.num_skipped_images:
+        """Unreadable images replaced in the data pipeline (possibly in worker processes): one
+        warning naming the first, and per distinct file how often it was replaced (every epoch
+        draws it again), for the end of the run."""
+        if not self.unreadable_images:
             logger.warning("%s; replaced by the next readable image, as will be any further unreadable one "
                            "(use --strict_data to stop instead).", messages[0])
-        self.num_skipped_images += len(messages)
+        for message in messages:
+            self.unreadable_images[message] = self.unreadable_images.get(message, 0) + 1
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs and self._term_count:
@@ -220,10 +219,10 @@ class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
-            last = trainer_checkpoints(self.args.output_dir)
+            last = newest_complete_checkpoint(self.args.output_dir)
             raise NonFiniteLossError(
                 f"The loss became {loss.item()} at step {self.state.global_step + 1}; stopped before updating the "
-                f"weights. Last good checkpoint: {last[-1] if last else 'none saved yet'}. Lower the learning rate, "
+                f"weights. Last good checkpoint: {last or 'none saved yet'}. Lower the learning rate, "
                 "use bf16 instead of fp16, or check the data for NaN pixels."
             )
         return loss
@@ -277,6 +276,7 @@ def build_model(model_args: ModelArguments):
         }.items() if value is not None
     }
     is_folk = model_args.objective == "folk"
+    check_model_source(model_args.model)
     source = Path(model_args.model)
     if model_args.model not in PRESETS and not (source.is_dir() or (source.suffix == ".json" and source.is_file())):
         raise ValueError(f"--model {model_args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config.json nor a checkpoint folder.")
@@ -295,7 +295,7 @@ def build_dataset(data_args: DataArguments, image_size: int, seed: int, two_view
         data_args.train_dir, data_args.dataset_name, data_args.dataset_config_name,
         streaming=data_args.streaming, image_column=data_args.image_column,
     )
-    dataset = mfm_data.first_examples(dataset, data_args.max_train_samples)
+    dataset = mfm_data.sample_examples(dataset, data_args.max_train_samples, seed)
     transform = mfm_data.pretraining_transform(image_size, data_args.min_crop_scale, color_jitter=two_views)
     wrapper = mfm_data.StreamingPretrainingImages if data_args.streaming else mfm_data.PretrainingImages
     return wrapper(dataset, column, transform, seed, num_views=2 if two_views else 1, strict=data_args.strict_data), dataset, column
@@ -331,49 +331,6 @@ def check_ranks_agree(model) -> None:
         raise RuntimeError(f"Processes ended with different weights: checksums {checksums}.")
     logger.info("Weights identical across %d processes (checksum %.6e).", len(checksums), checksum)
     print(f"weights identical across {len(checksums)} processes")
-
-
-#: What a Trainer checkpoint needs to continue exactly, besides one RNG file per process.
-RESUME_FILES = ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt")
-
-
-def checkpoint_problem(checkpoint: Path, world_size: int) -> Optional[str]:
-    """Why ``checkpoint`` cannot be resumed exactly (a file missing or unreadable), or None.
-    transformers would resume from it anyway: without ``scheduler.pt`` it silently starts a
-    new optimizer and schedule, without an RNG file it draws different masks."""
-    if not checkpoint.is_dir():
-        return f"{checkpoint} is not a folder"
-    rng_files = ["rng_state.pth"] if world_size == 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
-    for name in (*RESUME_FILES, *rng_files):
-        path = checkpoint / name
-        if not path.is_file():
-            return f"{path} is missing"
-        try:
-            if name.endswith(".json"):
-                json.loads(path.read_text())["global_step"]
-            elif name.endswith(".safetensors"):
-                safetensors.torch.load_file(path)
-            else:
-                with safe_globals():  # the numpy RNG types transformers itself allows in these files
-                    torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # any failure to read it means it cannot be resumed from
-            return f"{path} is unreadable ({type(error).__name__}: {str(error)[:200]})"
-    return None
-
-
-def check_resumable(checkpoint: str, world_size: int) -> None:
-    """Stop before training when ``checkpoint`` cannot continue exactly, naming the file and
-    the newest earlier checkpoint beside it that can."""
-    path = Path(checkpoint)
-    problem = checkpoint_problem(path, world_size)
-    if problem is None:
-        return
-    checkpoints = trainer_checkpoints(path.parent)
-    names = [p.name for p in checkpoints]
-    earlier = checkpoints[:names.index(path.name)] if path.name in names else checkpoints
-    good = next((p for p in reversed(earlier) if checkpoint_problem(p, world_size) is None), None)
-    advice = f"resume from the previous good checkpoint with --resume_from_checkpoint {good}" if good else "no earlier checkpoint beside it is complete"
-    raise ValueError(f"Cannot resume exactly from {path}: {problem}. Nothing was changed; {advice}.")
 
 
 def describe_hardware(args: TrainingArguments) -> str:
@@ -447,6 +404,7 @@ def parse_arguments(argv: list[str]):
 
 def main(argv: Optional[list[str]] = None) -> int:
     model_args, data_args, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, args.world_size)
     guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
     if args.resume_from_checkpoint:
         check_resumable(args.resume_from_checkpoint, args.world_size)
@@ -469,8 +427,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     wall_time = time.time() - started
-    if trainer.num_skipped_images:
-        logger.warning("Replaced %d unreadable images in total (this process).", trainer.num_skipped_images)
+    if trainer.unreadable_images:
+        logger.warning("Skipped %d distinct unreadable images (replaced %d times in all, this process).",
+                       len(trainer.unreadable_images), sum(trainer.unreadable_images.values()))
     if sigterm.received:
         print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {args.output_dir}. "
               f"Resume with --resume_from_checkpoint {args.output_dir}/checkpoint-{trainer.state.global_step}")

@@ -29,7 +29,8 @@ from transformers import AutoModelForImageClassification
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import guard_output_dir, require, require_at_least
-from mfm_hub.data import DatasetReference, dataset_reference, decode_image, first_examples
+from mfm_hub.configuration_mfm import check_model_source
+from mfm_hub.data import DatasetReference, dataset_reference, decode_image, sample_examples
 from mfm_hub.modeling_common import normalize
 from mfm_hub.visualization import plot_errors
 
@@ -76,7 +77,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--split", default="test")
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--corruptions", nargs="+", default=None, help="default: the 15 ImageNet-C corruptions")
-    parser.add_argument("--max_eval_samples", type=int, default=1000)
+    parser.add_argument("--max_eval_samples", type=int, default=1000, help="a seeded class-balanced sample of N images")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--crop_pct", type=float, default=224 / 256)
     parser.add_argument("--seed", type=int, default=0)
@@ -85,6 +86,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     require_at_least(args, 1, "max_eval_samples", "batch_size")
     require(0 < args.crop_pct <= 1, "--crop_pct", args.crop_pct, "in (0, 1]")
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
+    check_model_source(args.model)
+    check_model_source(args.baseline, "--baseline")
     if apply_corruption is None:
         raise ImportError("run_robustness.py needs the corruption package: pip install 'mfm_hub[robustness]' (imagecorruptions-imaug).")
     corruptions = args.corruptions or get_corruption_names("common")
@@ -93,7 +96,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         raise ValueError(f"Unknown corruptions {unknown}; choose from {get_corruption_names('all')}.")
 
     dataset, image_column, class_names = evaluation.load_labelled_split(args.split, args.data_dir, args.dataset_name, label_column=args.label_column)
-    dataset = first_examples(dataset, args.max_eval_samples)
+    dataset = sample_examples(dataset, args.max_eval_samples, args.seed, args.label_column)
     models = {name: AutoModelForImageClassification.from_pretrained(path).eval() for name, path in (("model", args.model), ("baseline", args.baseline))}
     for name, model in models.items():
         evaluation.check_head_matches(model.config.num_labels, class_names, what=f"the {name}'s classifier")

@@ -33,8 +33,8 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, UperNetCo
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import check_training_arguments, guard_output_dir, require, require_at_least, setup_training_process
-from mfm_hub.configuration_mfm import PRESETS, resolve_config
-from mfm_hub.data import IMAGE_EXTENSIONS, dataset_reference, decode_image, first_examples
+from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_config
+from mfm_hub.data import IMAGE_EXTENSIONS, dataset_reference, decode_image, sample_examples
 from mfm_hub.image_processing import segmentation_image_processor
 from mfm_hub.modeling_common import normalize
 from mfm_hub.visualization import plot_overlays
@@ -210,10 +210,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, SegmentationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
+    check_model_source(model_args.model)
     setup_training_process(args)
     set_seed(args.seed)
     train, test = load_split(data_args, data_args.train_split), load_split(data_args, data_args.eval_split)
-    train, test = first_examples(train, data_args.max_train_samples), first_examples(test, data_args.max_eval_samples)
+    train, test = sample_examples(train, data_args.max_train_samples, args.seed), sample_examples(test, data_args.max_eval_samples, args.seed)
     for split, what in ((train, "training images"), (test, "evaluation images")):
         evaluation.validate_examples(split, lambda example: read_pair(example, model_args.num_labels, model_args.ignore_index), what)
     model = build_model(model_args)

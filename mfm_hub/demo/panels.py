@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..configuration_mfm import check_model_source
 from ..data import BadImageError, decode_image
 from ..families import saved_model_class
 from ..frequency import spectrum_image, squared_frequency_radius
@@ -55,6 +56,7 @@ def load_reconstruction_model(source: str) -> MFMForPreTrainingMixin:
             raise ValueError(f"{source} is a fine-tuned classifier without the reconstruction decoder; pick a pre-trained one: {pretrained}.")
         model = zoo.load(source)
     else:
+        check_model_source(source)
         model_class = saved_model_class(source)
         if not issubclass(model_class, (MFMForPreTrainingMixin, FOLKForPreTraining)):
             checkpoint = get_last_checkpoint(source) if Path(source).is_dir() else None

@@ -9,14 +9,21 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from ..configuration_mfm import PRESETS, resolve_config
+from ..configuration_mfm import PRESETS, check_model_source, resolve_config
 from ..image_processing import EVAL_CROP_PCT, image_processor_for_config
 
 
 def frozen_features(model, pixel_values):
     """One feature vector per image from a frozen encoder, ``(B, D)``: the family's own
-    ``frozen_features`` (ViT: mean of the normed patch tokens; ResNet: global average)."""
-    return model.frozen_features(pixel_values)
+    ``frozen_features`` (ViT: mean of the normed patch tokens; ResNet: global average).
+    Non-finite features are refused: every protocol on them would report a number (chance
+    accuracy, say) that means nothing."""
+    features = model.frozen_features(pixel_values)
+    if not torch.isfinite(features).all():
+        bad = int((~torch.isfinite(features).all(dim=1)).sum())
+        raise ValueError(f"The encoder gave non-finite features for {bad} of {len(features)} images; its weights or the "
+                         "inputs are damaged, and no metric on them would mean anything.")
+    return features
 
 
 def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor, num_classes: int,
@@ -68,6 +75,7 @@ def load_encoder(name: str):
     from-scratch baseline)."""
     if name in PRESETS:
         return AutoModel.from_config(resolve_config(name))
+    check_model_source(name)
     return AutoModel.from_pretrained(name)
 
 
