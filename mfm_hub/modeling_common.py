@@ -108,6 +108,41 @@ def refuse_non_finite_weights(named_tensors, source) -> None:
                          "use an earlier checkpoint.")
 
 
+#: The class index a loss ignores (transformers' and PyTorch's convention).
+IGNORED_LABEL = -100
+
+
+def check_labels(labels, batch: int, config) -> None:
+    """What an image classifier's ``labels`` must be for the loss transformers picks
+    (``config.problem_type``, or inferred from the labels as transformers does): class indices
+    ``(batch,)`` in ``[0, num_labels)`` or `IGNORED_LABEL` (int64 / int32) for single-label, float
+    ``(batch, num_labels)`` for multi-label, float ``(batch,)`` or ``(batch, num_labels)`` for
+    regression; all finite. Refused with a message naming them, where the loss would stop in an
+    `IndexError` or a dtype error, or broadcast a wrong shape."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"`labels` must be a tensor of class indices (batch,), got {type(labels).__name__}.")
+    num_labels, integer = config.num_labels, labels.dtype in (torch.long, torch.int)
+    problem = config.problem_type or ("regression" if num_labels == 1 else
+                                      "single_label_classification" if integer else "multi_label_classification")
+    if problem == "single_label_classification":
+        if not integer:
+            raise ValueError(f"`labels` of a single-label classifier are class indices of dtype int64, got {labels.dtype}.")
+        if labels.numel() != batch or (labels.ndim > 1 and labels.shape[-1] != 1):
+            raise ValueError(f"`labels` must hold one class index per image, shape ({batch},), got {tuple(labels.shape)}.")
+        if not torch.compiler.is_compiling():
+            outside = labels[(labels != IGNORED_LABEL) & ((labels < 0) | (labels >= num_labels))]
+            if outside.numel():
+                raise ValueError(f"`labels` holds {outside[0].item()}, outside the {num_labels} classes 0..{num_labels - 1} "
+                                 f"(use {IGNORED_LABEL} to ignore an image).")
+        return
+    shapes = [(batch, num_labels)] + ([(batch,)] if problem == "regression" and num_labels == 1 else [])
+    if not labels.is_floating_point() or tuple(labels.shape) not in shapes:
+        raise ValueError(f"`labels` of a {problem.replace('_', '-')} model are floats of shape {' or '.join(map(str, shapes))}, "
+                         f"got {labels.dtype} {tuple(labels.shape)}.")
+    if not torch.compiler.is_compiling() and not torch.isfinite(labels).all():
+        raise ValueError("`labels` contain NaN or infinite values.")
+
+
 def check_unit_range(pixel_values: torch.Tensor) -> None:
     """Pre-training inputs are un-normalised images in [0, 1] (MFM masks before normalising);
     run after `prepare_pixel_values`, which refuses non-finite values."""
@@ -154,12 +189,16 @@ def corrupt(
     """
     task = get_pretext_task(config.corruption)
     batch, _, height, width = pixel_values.shape
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"`generator` must be a torch.Generator (e.g. `torch.Generator().manual_seed(0)`), got {type(generator).__name__}.")
     if not task.frequency_mask:
         if frequency_mask is not None:
             raise ValueError(f"`frequency_mask` only applies to frequency-mask corruptions, not {task.name!r}.")
         return task.corrupt(pixel_values, config, generator)
     if frequency_mask is None:
         frequency_mask = task.sample_mask(pixel_values, config, generator)
+    elif not isinstance(frequency_mask, torch.Tensor):
+        raise ValueError(f"`frequency_mask` must be a tensor of shape {(batch, 1, height, width)}, got {type(frequency_mask).__name__}.")
     elif frequency_mask.shape != (batch, 1, height, width):
         raise ValueError(f"`frequency_mask` must have shape {(batch, 1, height, width)}, got {tuple(frequency_mask.shape)}.")
     elif not torch.compiler.is_compiling() and not ((frequency_mask >= 0) & (frequency_mask <= 1)).all():  # also false for NaN
@@ -375,6 +414,8 @@ class MFMForImageClassificationMixin:
         """
         outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states)
         logits = self.classifier(outputs.pooler_output)
+        if labels is not None:
+            check_labels(labels, logits.shape[0], self.config)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return output if return_dict is not False else output.to_tuple()

@@ -264,8 +264,9 @@ class FOLKForPreTraining(MFMPreTrainedModel):
             the sampled Com/RCom masks (view-major).
         generator (`torch.Generator`, *optional*): seeds the masks.
         """
-        if pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
-            raise ValueError(f"FOLK takes two views per image, pixel_values of shape (batch, 2, C, H, W); got {tuple(pixel_values.shape)}.")
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
+            got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(f"FOLK takes two views per image, `pixel_values` of shape (batch, 2, C, H, W); got {got}.")
         config = self.config
         views = pixel_values.transpose(0, 1).reshape(-1, *pixel_values.shape[2:])  # (2B, C, H, W): all u, then all v
         student = self.student.reconstruct(views, frequency_mask, generator)

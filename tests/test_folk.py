@@ -357,3 +357,8 @@ def test_folk_casts_float_views_to_its_dtype_and_refuses_integer_or_empty_ones(f
         model((views > 0.5).long())
     with pytest.raises(ValueError, match=r"holds no images \(batch size 0\)"):
         model(views[:0])
+    for not_views in ([views], views.numpy(), views[:, 0], None):
+        with pytest.raises(ValueError, match=r"FOLK takes two views per image, `pixel_values` of shape \(batch, 2, C, H, W\)"):
+            model(not_views)
+    with pytest.raises(ValueError, match="`generator` must be a torch.Generator"):
+        model(views.float(), generator=0)

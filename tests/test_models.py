@@ -427,3 +427,76 @@ def test_a_config_json_with_wrong_types_is_refused_naming_the_field(family, tmp_
     (tmp_path / "config.json").write_text(json.dumps({**saved, "mask_radius": "sixteen", "image_size": "64"}))
     with pytest.raises(ValueError, match=r"`(image_size` must be an integer, got '64'|mask_radius` must be a number, got 'sixteen')"):
         model_class.from_pretrained(tmp_path)
+
+
+# Every argument of every public forward of every family, against inputs a careless or hostile
+# caller passes: each is a ValueError naming the argument (never an IndexError, AttributeError,
+# dtype error or a silent broadcast deep inside).
+PIXEL_CASES = {
+    "None": lambda x: None,
+    "a list": lambda x: [x],
+    "a NumPy array": lambda x: x.numpy(),
+    "3-D": lambda x: x[0],
+    "5-D": lambda x: x[None],
+    "bool": lambda x: x > 0.5,
+    "uint8": lambda x: (x * 255).to(torch.uint8),
+    "empty batch": lambda x: x[:0],
+    "NaN": lambda x: x.masked_fill(torch.zeros_like(x, dtype=torch.bool).index_fill_(3, torch.tensor([1]), True), float("nan")),
+    "one channel": lambda x: x[:, :1],
+    "indivisible size": lambda x: x[..., :-2],
+}
+LABEL_CASES = {
+    "a list": (lambda: [0, 1], "must be a tensor of class indices"),
+    "too many": (lambda: torch.tensor([0, 1, 2]), r"one class index per image, shape \(2,\)"),
+    "out of range": (lambda: torch.tensor([0, 7]), "holds 7, outside the 3 classes"),
+    "negative": (lambda: torch.tensor([-3, 0]), "holds -3, outside the 3 classes"),
+    "multi-label, wrong shape": (lambda: torch.rand(2), r"floats of shape \(2, 3\)"),
+    "multi-label, NaN": (lambda: torch.full((2, 3), float("nan")), "NaN or infinite"),
+    "bool": (lambda: torch.tensor([True, False]), r"floats of shape \(2, 3\)"),
+}
+PRETRAINING_CASES = {
+    "mask as a NumPy array": (dict(frequency_mask=lambda size: np.ones((2, 1, size, size))), "`frequency_mask` must be a tensor"),
+    "mask of the wrong shape": (dict(frequency_mask=lambda size: torch.ones(2, size, size)), "`frequency_mask` must have shape"),
+    "mask with NaN": (dict(frequency_mask=lambda size: torch.full((2, 1, size, size), float("nan"))), r"`frequency_mask` values must lie in"),
+    "mask above 1": (dict(frequency_mask=lambda size: torch.full((2, 1, size, size), 2.0)), r"`frequency_mask` values must lie in"),
+    "generator as a seed": (dict(generator=lambda size: 3), "`generator` must be a torch.Generator"),
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def every_head(request):
+    make_config, base, pretrain, classify, backbone = FAMILIES[request.param]
+    config = make_config(num_labels=3)
+    return request.param, config.image_size, {"model": base(config), "pre-training": pretrain(config), "classification": classify(config),
+                                              "backbone": backbone(config)}
+
+
+@pytest.mark.parametrize("case", PIXEL_CASES)
+def test_every_forward_refuses_bad_pixel_values_naming_them(every_head, case):
+    family, size, heads = every_head
+    pixels = PIXEL_CASES[case](torch.rand(2, 3, size, size))
+    for name, head in heads.items():
+        if case == "indivisible size" and family == "resnet" and name != "pre-training":
+            assert main_output(head(pixels)).isfinite().all()  # a CNN takes any size; only its decoder needs the stride
+            continue
+        with pytest.raises(ValueError, match="(?i)pixel_values|image size"):
+            head(pixels)
+
+
+@pytest.mark.parametrize("case", LABEL_CASES)
+def test_every_classifier_refuses_bad_labels_naming_them(every_head, case):
+    _, size, heads = every_head
+    make_labels, message = LABEL_CASES[case]
+    classifier = heads["classification"]
+    classifier.config.problem_type = None  # transformers infers the problem from the labels (and keeps it)
+    with pytest.raises(ValueError, match=message):
+        classifier(torch.rand(2, 3, size, size), labels=make_labels())
+    assert classifier(torch.rand(2, 3, size, size), labels=torch.tensor([2, -100])).loss.isfinite()
+
+
+@pytest.mark.parametrize("case", PRETRAINING_CASES)
+def test_every_pretraining_forward_refuses_bad_masks_and_generators_naming_them(every_head, case):
+    _, size, heads = every_head
+    arguments, message = PRETRAINING_CASES[case]
+    with pytest.raises(ValueError, match=message):
+        heads["pre-training"](torch.rand(2, 3, size, size), **{name: make(size) for name, make in arguments.items()})
