@@ -4,7 +4,9 @@ Importing the package registers every config and model with transformers' Auto c
 makes timm's RandAugment work with the installed Pillow (`mfm_hub.timm_compat`).
 """
 
-from . import frequency, pretext, timm_compat, zoo
+import importlib
+
+from . import frequency, pretext, timm_compat
 from .configuration_mfm import (
     PRESETS,
     MFMResNetConfig,
@@ -44,6 +46,14 @@ from .modeling_mfm_vit import (
 __version__ = "0.1.0"
 
 timm_compat.install_posterize_fix()
+
+
+def __getattr__(name: str):
+    # `zoo` (and the converter it imports) load on first use, so that `python -m mfm_hub.zoo` and
+    # `python -m mfm_hub.convert_official` run their module once (runpy warns about a module imported twice)
+    if name == "zoo":
+        return importlib.import_module(".zoo", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "FAMILIES",

@@ -126,12 +126,16 @@ def fetch(name: str, url_template: Optional[str] = None, cache: Optional[Path] =
     The download goes to ``<cache>/downloads/<name>.pth``; an interrupted one leaves gdown's
     partial file there and the next call resumes it. A file that is short, corrupt or does not
     match the registered architecture raises `ValueError` naming it and is deleted; nothing
-    is cached for it. Concurrent fetches into one cache take turns (`mfm_hub.folder_lock`)."""
+    is cached for it. Concurrent fetches into one cache take turns (`mfm_hub.folder_lock`).
+    ``HF_HUB_OFFLINE=1`` is respected: an entry not cached yet is an error, with no network attempt."""
     entry = get(name)
     cache = Path(cache) if cache is not None else cache_dir()
     target = cache / name
     if (target / _COMPLETE).exists():
         return target
+    if constants.HF_HUB_OFFLINE:
+        raise OSError(f"The zoo entry {name} is not in the cache ({target}) and HF_HUB_OFFLINE=1 forbids downloading it: "
+                      "unset HF_HUB_OFFLINE, or fetch it once on a connected machine and copy the cache folder.")
     downloads = cache / "downloads"
     try:
         claim_folder(downloads)

@@ -500,3 +500,16 @@ def test_every_pretraining_forward_refuses_bad_masks_and_generators_naming_them(
     arguments, message = PRETRAINING_CASES[case]
     with pytest.raises(ValueError, match=message):
         heads["pre-training"](torch.rand(2, 3, size, size), **{name: make(size) for name, make in arguments.items()})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_from_pretrained_in_bfloat16_takes_float32_pixels(family, tmp_path):
+    make_config, base, pretrain, classify, backbone = FAMILIES[family]
+    pretrain(make_config()).save_pretrained(tmp_path)
+    size = make_config().image_size
+    for model_class in (base, pretrain, classify, backbone):
+        model = model_class.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+        assert next(model.parameters()).dtype == torch.bfloat16
+        with torch.no_grad():
+            output = main_output(model(torch.rand(2, 3, size, size)))
+        assert output.dtype == torch.bfloat16 and torch.isfinite(output.float()).all()

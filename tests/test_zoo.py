@@ -2,6 +2,8 @@
 one call downloads, converts, caches and loads; the cache then works with the server gone; a
 cut-off download is never cached and resumes; a corrupt file is refused and deleted."""
 
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -70,6 +72,7 @@ def official_r50(tmp_path_factory):
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setattr(zoo.constants, "HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr(zoo.constants, "HF_HUB_OFFLINE", False)  # the tests' loopback file server stands in for the network
     monkeypatch.delenv(zoo.ZOO_URL_ENV, raising=False)
     return tmp_path / "hf_home" / "mfm_hub" / "zoo"
 
@@ -204,3 +207,20 @@ def test_a_cache_entry_damaged_after_caching_is_downloaded_again_not_served(offi
         assert len(server.requests) == 2
     finally:
         server.stop()
+
+
+def test_offline_mode_is_respected_naming_the_entry_without_a_network_attempt(official_r50, cache, monkeypatch):
+    server = FileServer({zoo.get(ENTRY).file_id: official_r50[0]})
+    monkeypatch.setattr(zoo.constants, "HF_HUB_OFFLINE", True)
+    try:
+        with pytest.raises(OSError, match=f"The zoo entry {ENTRY} is not in the cache .* HF_HUB_OFFLINE=1 forbids downloading it"):
+            zoo.load(ENTRY, url_template=server.url_template)
+        assert server.requests == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("module", ["mfm_hub.zoo", "mfm_hub.convert_official", "mfm_hub.timm_export", "mfm_hub.demo"])
+def test_module_commands_run_without_runpy_warnings(module):
+    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "RuntimeWarning" not in result.stderr, result.stderr[-2000:]
