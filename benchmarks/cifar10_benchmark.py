@@ -106,12 +106,43 @@ class Results:
 def pretraining_arguments(method: str, seed: int, steps: int, args, train_dir: Path, output: Path) -> list[str]:
     save_every = max(1, steps // 4)
     folk = ["--folk_head_output_dim", "1024", "--folk_ema_momentum", str(args.folk_ema_momentum)] if method == "folk" else []
-    return ["--model", str(Path(args.output_dir) / "encoder_config.json"), *run_pretraining.method_flags(method), "--train_dir", str(train_dir),
-            "--output_dir", str(output), "--max_steps", str(steps), "--seed", str(seed),
-            "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.pretrain_learning_rate),
-            "--warmup_steps", "0.05", "--save_strategy", "steps", "--save_steps", str(save_every), "--save_total_limit", "1",
-            "--logging_steps", str(max(1, steps // 100)), "--report_to", "none", "--disable_tqdm", "true",
-            "--dataloader_num_workers", str(args.dataloader_num_workers), "--num_figure_images", "8", *folk, *args.pretraining_flags]
+    return [
+        "--model",
+        str(Path(args.output_dir) / "encoder_config.json"),
+        *run_pretraining.method_flags(method),
+        "--train_dir",
+        str(train_dir),
+        "--output_dir",
+        str(output),
+        "--max_steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--learning_rate",
+        str(args.pretrain_learning_rate),
+        "--warmup_steps",
+        "0.05",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        str(save_every),
+        "--save_total_limit",
+        "1",
+        "--logging_steps",
+        str(max(1, steps // 100)),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        str(args.dataloader_num_workers),
+        "--num_figure_images",
+        "8",
+        *folk,
+        *args.pretraining_flags,
+    ]
 
 
 def calibrate(method: str, args, train_dir: Path, results: Results) -> float:
@@ -122,7 +153,9 @@ def calibrate(method: str, args, train_dir: Path, results: Results) -> float:
         argv = pretraining_arguments(method, 0, args.calibration_steps, args, train_dir, output)
         run_pretraining.main(argv + ["--save_strategy", "no", "--overwrite_output_dir"])
         wall = json.loads((output / "train_results.json").read_text())["wall_time_s"]
-        results.put(key, {"images_per_second": args.calibration_steps * args.batch_size / wall, "steps": args.calibration_steps, "wall_s": wall})
+        results.put(
+            key, {"images_per_second": args.calibration_steps * args.batch_size / wall, "steps": args.calibration_steps, "wall_s": wall}
+        )
     return results.get(key)["images_per_second"]
 
 
@@ -177,7 +210,12 @@ def fine_tune(encoder: Path, fraction: float, seed: int, data: Path, output: Pat
         "--crop_pct", "1.0", "--mixup", "0", "--cutmix", "0", "--rand_augment", "", "--reprob", "0",
         "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", str(args.dataloader_num_workers),
     ])
-    return {"top1": result["top1"], "steps": steps, "train_examples": result["train_examples"], "validation_curve": result["validation_curve"]}
+    return {
+        "top1": result["top1"],
+        "steps": steps,
+        "train_examples": result["train_examples"],
+        "validation_curve": result["validation_curve"],
+    }
 
 
 def evaluate_checkpoint(method: str, seed: int, encoder: Path, data: Path, args, results: Results) -> None:
@@ -191,7 +229,9 @@ def evaluate_checkpoint(method: str, seed: int, encoder: Path, data: Path, args,
     for protocol in todo:
         started = time.time()
         if protocol == "knn":
-            predicted = evaluation.weighted_knn_predict(train["features"], train["labels"], test["features"], 10, k=min(20, len(train["labels"])))
+            predicted = evaluation.weighted_knn_predict(
+                train["features"], train["labels"], test["features"], 10, k=min(20, len(train["labels"]))
+            )
             value = {"top1": float((predicted == test["labels"]).float().mean())}
         elif protocol == "linear_probe":
             predicted = evaluation.linear_probe_predict(train["features"], train["labels"], test["features"], 10)
@@ -219,8 +259,11 @@ def summarise(args, results: Results, methods: list[str]) -> dict:
             values = [results.get(f"{method}/seed{s}/{protocol}") for s in args.seeds]
             values = [v["top1"] for v in values if v is not None]
             if values:
-                summary[method][protocol] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                                             "seeds": len(values)}
+                summary[method][protocol] = {
+                    "mean": float(np.mean(values)),
+                    "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                    "seeds": len(values),
+                }
     return summary
 
 

@@ -68,9 +68,17 @@ def initial_statistics(model_name: str, images: torch.Tensor, seed: int) -> list
         logits = model.teacher_head(model.head_features(model.teacher(normalize(images, config))))
         probs = torch.softmax((logits - logits.mean(0, keepdim=True)) / DINO_TEACHER_TEMPERATURE, dim=-1)
         entropy, marginal_kl = distribution_statistics(probs)
-        rows.append({"prototypes": "unit-norm" if normalized else "plain", "logit_std": logits.std().item(),
-                     "logit_range": (logits.max() - logits.min()).item(), "scaled_logit_std": (logits / DINO_TEACHER_TEMPERATURE).std().item(),
-                     "teacher_entropy": entropy.item(), "marginal_kl": marginal_kl.item(), "log_k": math.log(config.folk_head_output_dim)})
+        rows.append(
+            {
+                "prototypes": "unit-norm" if normalized else "plain",
+                "logit_std": logits.std().item(),
+                "logit_range": (logits.max() - logits.min()).item(),
+                "scaled_logit_std": (logits / DINO_TEACHER_TEMPERATURE).std().item(),
+                "teacher_entropy": entropy.item(),
+                "marginal_kl": marginal_kl.item(),
+                "log_k": math.log(config.folk_head_output_dim),
+            }
+        )
     return rows
 
 
@@ -106,11 +114,37 @@ def run_variant(name: str, extra: list[str], args) -> list[dict]:
     output = Path(args.output_dir) / name
     results = output / "train_results.json"
     if not results.exists():
-        run_pretraining.main([
-            "--objective", "folk", "--model", args.model, "--train_dir", args.train_dir, "--output_dir", str(output),
-            "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
-            "--warmup_steps", str(args.max_steps // 10), "--logging_steps", "10", "--save_strategy", "no", "--seed", str(args.seed),
-            "--dataloader_num_workers", "1", "--report_to", "none", *extra])
+        run_pretraining.main(
+            [
+                "--objective",
+                "folk",
+                "--model",
+                args.model,
+                "--train_dir",
+                args.train_dir,
+                "--output_dir",
+                str(output),
+                "--max_steps",
+                str(args.max_steps),
+                "--per_device_train_batch_size",
+                str(args.batch_size),
+                "--learning_rate",
+                str(args.learning_rate),
+                "--warmup_steps",
+                str(args.max_steps // 10),
+                "--logging_steps",
+                "10",
+                "--save_strategy",
+                "no",
+                "--seed",
+                str(args.seed),
+                "--dataloader_num_workers",
+                "1",
+                "--report_to",
+                "none",
+                *extra,
+            ]
+        )
     return [entry for entry in json.loads(results.read_text())["log_history"] if "distillation_loss" in entry]
 
 
@@ -150,7 +184,9 @@ def main(argv=None) -> None:
         row = [name]
         for term in ("distillation_loss", "teacher_entropy"):
             lowest = min(history, key=lambda entry: entry[term])
-            row.append(f"{history[0][term]:.2f} / {lowest[term]:.2f} (step {lowest['step']}) / {sum(e[term] for e in tail) / len(tail):.2f}")
+            row.append(
+                f"{history[0][term]:.2f} / {lowest[term]:.2f} (step {lowest['step']}) / {sum(e[term] for e in tail) / len(tail):.2f}"
+            )
         row.append(f"{sum(e['teacher_marginal_kl'] for e in tail) / len(tail):.2f}")
         print(f"{row[0]:<24} {row[1]:>44} {row[2]:>47} {row[3]:>25}")
     print(f"(log K = {log_k:.3f})")
@@ -166,8 +202,11 @@ def main(argv=None) -> None:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"FOLK {args.model}, batch {args.batch_size}, {args.max_steps} steps, lr {args.learning_rate} unless the variant says otherwise, "
-                 f"{Path(args.train_dir).name}", fontsize=9)
+    fig.suptitle(
+        f"FOLK {args.model}, batch {args.batch_size}, {args.max_steps} steps, lr {args.learning_rate} unless the variant says otherwise, "
+        f"{Path(args.train_dir).name}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = Path(args.output_dir) / "folk_diagnostics.png"
     fig.savefig(path)

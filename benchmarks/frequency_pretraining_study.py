@@ -46,10 +46,34 @@ def run(method: str, seed: int, args, out: Path) -> dict:
         MFMViTModel(MFMViTConfig(**SMALL_VIT)).save_pretrained(encoder)
     else:
         config = out / "config.json"
-        run_pretraining.main(["--model", str(config), *run_pretraining.method_flags(method), "--output_dir", str(encoder), "--max_steps", str(args.pretrain_steps),
-                              "--per_device_train_batch_size", "64", "--learning_rate", "1.5e-3", "--warmup_steps", "0.1",
-                              "--save_strategy", "no", "--logging_steps", "25", "--num_figure_images", "4",
-                              "--folk_head_output_dim", "1024", "--folk_ema_momentum", "0.95", *common])
+        run_pretraining.main(
+            [
+                "--model",
+                str(config),
+                *run_pretraining.method_flags(method),
+                "--output_dir",
+                str(encoder),
+                "--max_steps",
+                str(args.pretrain_steps),
+                "--per_device_train_batch_size",
+                "64",
+                "--learning_rate",
+                "1.5e-3",
+                "--warmup_steps",
+                "0.1",
+                "--save_strategy",
+                "no",
+                "--logging_steps",
+                "25",
+                "--num_figure_images",
+                "4",
+                "--folk_head_output_dim",
+                "1024",
+                "--folk_ema_momentum",
+                "0.95",
+                *common,
+            ]
+        )
     evaluation_data = ["--max_eval_samples", str(args.eval_samples), "--eval_strategy", "no", "--per_device_train_batch_size", "64",
                        "--mixup", "0", "--cutmix", "0", "--rand_augment", "", "--reprob", "0"]
     fine_tune = run_classification.main(["--model", str(encoder), "--output_dir", str(out / f"{method}-seed{seed}" / "fine_tune"),
@@ -86,7 +110,9 @@ def main():
             print(f"[{time.time() - started:7.0f} s] {method} seed {seed}: {rows[method][-1]}", flush=True)
     wall = time.time() - started
     metrics = ["fine_tune_top1", "linear_probe_top1", "five_shot"]
-    summary = {m: {k: (float(np.mean([r[k] for r in rows[m]])), float(np.std([r[k] for r in rows[m]]))) for k in metrics} for m in args.methods}
+    summary = {
+        m: {k: (float(np.mean([r[k] for r in rows[m]])), float(np.std([r[k] for r in rows[m]]))) for k in metrics} for m in args.methods
+    }
     lines = ["| method | fine-tune top-1 | linear probe top-1 | 5-way 5-shot |", "|---|---|---|---|"]
     for method in args.methods:
         cells = [f"{100 * summary[method][k][0]:.1f} ± {100 * summary[method][k][1]:.1f}" for k in metrics]

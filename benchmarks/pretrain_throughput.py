@@ -212,7 +212,9 @@ CPU_ATTENTION_FLOPS = {
         lambda query, key, value, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(query, key, value)
     ),
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
-        lambda grad_out, query, key, value, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+        lambda grad_out, query, key, value, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(
+            grad_out, query, key, value
+        )
     ),
 }
 
@@ -323,7 +325,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU (64 for 32-px models), 128 on GPU")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (per contender with --side-by-side, default 15 there)")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--objectives", nargs="+", default=["mfm"], choices=["mfm", "folk"], help="with both, FOLK/MFM ratios are printed too")
+    parser.add_argument(
+        "--objectives", nargs="+", default=["mfm"], choices=["mfm", "folk"], help="with both, FOLK/MFM ratios are printed too"
+    )
     parser.add_argument("--side-by-side", nargs="*", choices=list(CONTENDERS), default=None, metavar="CONTENDER",
                         help=f"contenders to alternate (default: reference ours); choices: {', '.join(CONTENDERS)}")
     parser.add_argument("--glibc-defaults", action="store_true",
@@ -376,9 +380,13 @@ def throughput_table(args, device, peaks) -> list[dict]:
                 row["share_of_matmul_peak"] = row["tflops_per_s"] * 1e12 / peaks[dtype_name]
                 rows.append(row)
                 measured[objective] = row
-                print(f"| {name} | {objective} | {dtype_name} | {row['image_size']} | {batch} | {row['images_per_s']:.1f} | {row['step_ms']:.0f} | "
-                      f"{row['tflops_per_s']:.3f} | {100 * row['share_of_matmul_peak']:.0f}% | {row['peak_memory_mb']:.0f} | "
-                      f"{100 * row['masking_and_loss_share']:.1f}% |", flush=True)
+                print(
+                    f"| {name} | {objective} | {dtype_name} | {row['image_size']} | {batch} | {row['images_per_s']:.1f} "
+                    f"| {row['step_ms']:.0f} | "
+                    f"{row['tflops_per_s']:.3f} | {100 * row['share_of_matmul_peak']:.0f}% | {row['peak_memory_mb']:.0f} | "
+                    f"{100 * row['masking_and_loss_share']:.1f}% |",
+                    flush=True,
+                )
             if {"mfm", "folk"} <= measured.keys():
                 folk, mfm = measured["folk"], measured["mfm"]
                 ratios.append((name, dtype_name, folk["step_ms"] / mfm["step_ms"], folk["flops"] / mfm["flops"],
@@ -387,7 +395,9 @@ def throughput_table(args, device, peaks) -> list[dict]:
         print("\n| model | dtype | FOLK / MFM step time | FOLK / MFM FLOPs | time ratio / FLOP ratio | FOLK / MFM peak memory |")
         print("|---|---|---|---|---|---|")
         for name, dtype_name, time_ratio, flop_ratio, memory_ratio in ratios:
-            print(f"| {name} | {dtype_name} | {time_ratio:.2f}x | {flop_ratio:.2f}x | {time_ratio / flop_ratio:.2f} | {memory_ratio:.2f}x |")
+            print(
+                f"| {name} | {dtype_name} | {time_ratio:.2f}x | {flop_ratio:.2f}x | {time_ratio / flop_ratio:.2f} | {memory_ratio:.2f}x |"
+            )
     return rows
 
 

@@ -152,7 +152,9 @@ def setup_training_process(args) -> None:
     import atexit
     import logging
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING
+    )
     keep_freed_memory()
     atexit.unregister(_destroy_process_group)  # once, however often a test calls a script's main
     atexit.register(_destroy_process_group)

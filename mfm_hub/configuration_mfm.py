@@ -46,8 +46,10 @@ def _matches(annotation: str, value) -> bool:
 
 
 def _describe(annotation: str) -> str:
-    names = [f"a list of {_SCALAR_TYPES[element][1].split(' ', 1)[1]}s" if (element := _sequence_element(option)) else _SCALAR_TYPES[option][1]
-             for option in annotation.split(" | ")]
+    names = [
+        f"a list of {_SCALAR_TYPES[element][1].split(' ', 1)[1]}s" if (element := _sequence_element(option)) else _SCALAR_TYPES[option][1]
+        for option in annotation.split(" | ")
+    ]
     return " or ".join(dict.fromkeys(names))
 
 
@@ -150,7 +152,10 @@ class MFMConfigBase(PreTrainedConfig):
                 continue
             for name, annotation in vars(klass).get("__annotations__", {}).items():
                 value = getattr(self, name, None)
-                _check(_matches(str(annotation), value), f"`{name}` must be {_describe(str(annotation))}, got {value!r} ({type(value).__name__}).")
+                _check(
+                    _matches(str(annotation), value),
+                    f"`{name}` must be {_describe(str(annotation))}, got {value!r} ({type(value).__name__}).",
+                )
 
     def __post_init__(self, **kwargs):
         self.check_field_types()
@@ -390,14 +395,20 @@ class MFMSwinConfig(BackboneConfigMixin, MFMConfigBase):
 
     def __post_init__(self, **kwargs):
         self.check_field_types()
-        _check(len(self.depths) == len(self.num_heads) == 4, f"`depths` and `num_heads` need 4 stages, got {list(self.depths)} / {list(self.num_heads)}.")
+        _check(
+            len(self.depths) == len(self.num_heads) == 4,
+            f"`depths` and `num_heads` need 4 stages, got {list(self.depths)} / {list(self.num_heads)}.",
+        )
         _check(all(d >= 1 for d in self.depths), f"`depths` must be positive, got {list(self.depths)!r}.")
         for stage in range(4):
             _check(self.embed_dim * 2**stage % self.num_heads[stage] == 0,
                    f"stage {stage + 1} width {self.embed_dim * 2**stage} is not divisible by its {self.num_heads[stage]} heads.")
             grid = self.image_size / self.patch_size / 2**stage
-            _check(grid == int(grid) and int(grid) % self.window_size == 0,
-                   f"`image_size` {self.image_size} gives a {grid:g}-token grid at stage {stage + 1}, not divisible by `window_size` {self.window_size}.")
+            _check(
+                grid == int(grid) and int(grid) % self.window_size == 0,
+                f"`image_size` {self.image_size} gives a {grid:g}-token grid at stage {stage + 1}, "
+                f"not divisible by `window_size` {self.window_size}.",
+            )
         _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
         self._set_four_stage_outputs(kwargs)
         super().__post_init__(**kwargs)
@@ -435,7 +446,11 @@ _VIT_SHAPES = {
 #: ``swin-<size>-patch4-window7-224``.
 PRESETS: dict[str, tuple[type, dict]] = {
     **{f"vit-{size}-patch16-224": (MFMViTConfig, dict(shape, patch_size=16, image_size=224)) for size, shape in _VIT_SHAPES.items()},
-    **{f"vit-{size}-patch4-32": (MFMViTConfig, dict(shape, patch_size=4, image_size=32)) for size, shape in _VIT_SHAPES.items() if size != "large"},
+    **{
+        f"vit-{size}-patch4-32": (MFMViTConfig, dict(shape, patch_size=4, image_size=32))
+        for size, shape in _VIT_SHAPES.items()
+        if size != "large"
+    },
     "resnet18": (MFMResNetConfig, dict(block_type="basic", layers=(2, 2, 2, 2))),
     "resnet50": (MFMResNetConfig, dict(block_type="bottleneck", layers=(3, 4, 6, 3))),
     "swin-tiny-patch4-window7-224": (MFMSwinConfig, dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)),

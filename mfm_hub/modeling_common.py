@@ -190,7 +190,9 @@ def corrupt(
     task = get_pretext_task(config.corruption)
     batch, _, height, width = pixel_values.shape
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"`generator` must be a torch.Generator (e.g. `torch.Generator().manual_seed(0)`), got {type(generator).__name__}.")
+        raise ValueError(
+            f"`generator` must be a torch.Generator (e.g. `torch.Generator().manual_seed(0)`), got {type(generator).__name__}."
+        )
     if not task.frequency_mask:
         if frequency_mask is not None:
             raise ValueError(f"`frequency_mask` only applies to frequency-mask corruptions, not {task.name!r}.")
@@ -359,7 +361,9 @@ class MFMForPreTrainingMixin:
         """Check, corrupt, encode and reconstruct ``(B, C, H, W)`` images in [0, 1]. An
         ``objective_config`` replaces the model's pretext task and loss settings (to put another
         task to a trained model, as the demo does); normalisation stays the model's."""
-        pixel_values = prepare_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride", self.dtype)
+        pixel_values = prepare_pixel_values(
+            pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride", self.dtype
+        )
         check_unit_range(pixel_values)
         objective = objective_config or self.config
         corruption = corrupt(pixel_values, objective, generator, frequency_mask)

@@ -103,7 +103,9 @@ class MFMSwinModel(MFMSwinPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        pixel_values = prepare_pixel_values(pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride", self.dtype)
+        pixel_values = prepare_pixel_values(
+            pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride", self.dtype
+        )
         hidden = self.encoder.patch_embed(pixel_values)
         all_hidden = [_to_map(hidden)]
         for stage in self.encoder.layers:

@@ -224,15 +224,27 @@ class MFMViTModel(MFMViTPreTrainedModel):
         LayerScale is switched off with ``init_values=0.0``."""
         config = self.config
         if config.layer_scale_init_value:
-            raise ValueError("A ViT with LayerScale has no timm counterpart here (MFM uses none); export needs layer_scale_init_value=None.")
+            raise ValueError(
+                "A ViT with LayerScale has no timm counterpart here (MFM uses none); export needs layer_scale_init_value=None."
+            )
         if config.layer_norm_eps != 1e-6:
             raise ValueError(f"timm's Beit uses LayerNorm eps 1e-6; this model has {config.layer_norm_eps}.")
         arguments = dict(
-            img_size=config.image_size, patch_size=config.patch_size, in_chans=config.num_channels, embed_dim=config.hidden_size,
-            depth=config.num_hidden_layers, num_heads=config.num_attention_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-            init_values=0.0, use_abs_pos_emb=True, use_rel_pos_bias=False, use_shared_rel_pos_bias=False,
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.num_channels,
+            embed_dim=config.hidden_size,
+            depth=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            mlp_ratio=config.mlp_ratio,
+            qkv_bias=config.qkv_bias,
+            init_values=0.0,
+            use_abs_pos_emb=True,
+            use_rel_pos_bias=False,
+            use_shared_rel_pos_bias=False,
             # timm then pools as pooler_output does: fc_norm(mean) in the fine-tuning layout, else the normed mean or cls token
-            global_pool="avg" if config.use_mean_pooling or config.pooling == "mean" else "token", use_fc_norm=bool(config.use_mean_pooling),
+            global_pool="avg" if config.use_mean_pooling or config.pooling == "mean" else "token",
+            use_fc_norm=bool(config.use_mean_pooling),
         )
         return "beit_base_patch16_224", arguments, "head"
 

@@ -112,7 +112,8 @@ def _check_circle(config) -> None:
     check(config.mask_radius_outer > config.mask_radius,
              f"`mask_radius_outer` must exceed `mask_radius`, got {config.mask_radius_outer!r} <= {config.mask_radius!r}.")
     _check_probability(config, "low_pass_prob")
-    circle_mask(config.image_size, config.image_size, config.mask_radius, config.mask_radius_outer, device="cpu")  # refuses a circle that keeps or removes everything
+    # refuses a circle that keeps or removes everything
+    circle_mask(config.image_size, config.image_size, config.mask_radius, config.mask_radius_outer, device="cpu")
 
 
 def _check_informed(config) -> None:

@@ -147,7 +147,11 @@ def check_resumable(checkpoint: str | Path, world_size: int) -> None:
     if problem is None:
         return
     good = newest_complete_checkpoint(path.parent, world_size, before=path)
-    advice = f"resume from the previous good checkpoint with --resume_from_checkpoint {good}" if good else "no earlier checkpoint beside it is complete"
+    advice = (
+        f"resume from the previous good checkpoint with --resume_from_checkpoint {good}"
+        if good
+        else "no earlier checkpoint beside it is complete"
+    )
     raise ValueError(f"Cannot resume exactly from {path}: {problem}. Nothing was changed; {advice}.")
 
 

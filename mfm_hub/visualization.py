@@ -191,7 +191,9 @@ def plot_band_errors(bands, title: str, radius: Optional[float] = None) -> np.nd
 __all__ = ["colormapped", "figure_pixels", "logged_losses", "logged_series", "plot_band_errors", "plot_loss_curve", "reconstruction_grid"]
 
 
-def plot_confusion_matrix(labels: Sequence[int], predictions: Sequence[int], class_names: Sequence[str], path: str | Path, title: str) -> Path:
+def plot_confusion_matrix(
+    labels: Sequence[int], predictions: Sequence[int], class_names: Sequence[str], path: str | Path, title: str
+) -> Path:
     matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
     np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
@@ -248,7 +250,9 @@ PALETTE = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128
 
 
 def colorize(labels: np.ndarray, ignore_index: Optional[int]) -> np.ndarray:
-    palette = PALETTE if labels.max() < len(PALETTE) else np.random.default_rng(0).integers(0, 255, (int(labels.max()) + 1, 3), dtype=np.uint8)
+    palette = (
+        PALETTE if labels.max() < len(PALETTE) else np.random.default_rng(0).integers(0, 255, (int(labels.max()) + 1, 3), dtype=np.uint8)
+    )
     out = palette[np.clip(labels, 0, len(palette) - 1)]
     if ignore_index is not None:
         out[labels == ignore_index] = 0

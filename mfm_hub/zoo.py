@@ -111,7 +111,10 @@ def table() -> str:
     lines = ["| name | method | backbone | weights | epochs (pre-train / fine-tune) | reported IN-1k top-1 |", "|---|---|---|---|---|---|"]
     for entry in OFFICIAL_CHECKPOINTS.values():
         epochs = f"{entry.pretrain_epochs} / {entry.finetune_epochs or '-'}"
-        lines.append(f"| `{entry.name}` | {METHOD_NAMES[entry.method]} | {BACKBONES[entry.backbone][1]} | {entry.stage} | {epochs} | {_reported(entry)} |")
+        lines.append(
+            f"| `{entry.name}` | {METHOD_NAMES[entry.method]} | {BACKBONES[entry.backbone][1]} | {entry.stage} | {epochs} "
+            f"| {_reported(entry)} |"
+        )
     return "\n".join(lines)
 
 

@@ -136,7 +136,12 @@ class LocalHub:
             elif item["key"] == "lfsFile":
                 return self._json(handler, 400, {"error": "the test hub only takes regular uploads"}, method)
         state["sha"] = digest.hexdigest()
-        self._json(handler, 200, {"commitUrl": f"{self.endpoint}/{repo}/commit/{state['sha']}", "commitOid": state["sha"], "pullRequestUrl": None}, method)
+        self._json(
+            handler,
+            200,
+            {"commitUrl": f"{self.endpoint}/{repo}/commit/{state['sha']}", "commitOid": state["sha"], "pullRequestUrl": None},
+            method,
+        )
 
     def get_file(self, handler, method, body, repo, revision, filename):
         if repo not in self.repos:

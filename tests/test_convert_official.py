@@ -129,7 +129,9 @@ def test_mismatching_keys_are_listed(tmp_path):
     del state["encoder.blocks.1.attn.q_bias"]
     state["encoder.extra.weight"] = torch.zeros(1)
     save_like_the_release(state, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"missing \['mfm_vit.encoder.blocks.1.attn.q_bias'\]; unexpected \['mfm_vit.encoder.extra.weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing \['mfm_vit.encoder.blocks.1.attn.q_bias'\]; unexpected \['mfm_vit.encoder.extra.weight'\]"
+    ):
         convert(tmp_path / "bad.pth", "vit-tiny-patch4-32", tmp_path / "hf")
     with pytest.raises(KeyError, match="Unknown --arch 'vit-huge'"):
         convert(tmp_path / "bad.pth", "vit-huge", tmp_path / "hf")
@@ -303,7 +305,9 @@ class OfficialSwin(nn.Module):
         for i, (depth, h) in enumerate(zip(depths, heads)):
             dim, resolution = embed_dim * 2**i, (grid // 2**i, grid // 2**i)
             stage = nn.Module()
-            stage.blocks = nn.ModuleList(OfficialSwinBlock(dim, resolution, h, window, 0 if j % 2 == 0 else window // 2) for j in range(depth))
+            stage.blocks = nn.ModuleList(
+                OfficialSwinBlock(dim, resolution, h, window, 0 if j % 2 == 0 else window // 2) for j in range(depth)
+            )
             stage.downsample = OfficialPatchMerging(dim, resolution) if i < len(depths) - 1 else None
             self.layers.append(stage)
         self.num_features = embed_dim * 2 ** (len(depths) - 1)

@@ -273,7 +273,9 @@ def test_a_registered_task_appears_on_the_page_with_its_controls(model):
         PRETEXT_TASKS.pop("dim")
     task = next(component for component in components if component["props"].get("elem_id") == "task")
     assert ("Dimming", "dim") in [tuple(choice) for choice in task["props"]["choices"]]
-    controls = {component["props"]["elem_id"] for component in components if str(component["props"].get("elem_id")).startswith("parameter-")}
+    controls = {
+        component["props"]["elem_id"] for component in components if str(component["props"].get("elem_id")).startswith("parameter-")
+    }
     assert "loss_gamma" in fields and controls == {f"parameter-{field}" for field in fields}
 
 
@@ -307,7 +309,9 @@ def outbound_connections(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="needs Chromium and its driver (`apt-get install chromium chromium-driver`)")
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None, reason="needs Chromium and its driver (`apt-get install chromium chromium-driver`)"
+)
 def test_page_in_a_headless_browser(model, outbound_connections, tmp_path):
     """Upload an image, change the radius, switch the task, upload a bad image and a text file:
     each time the page shows what it should; nothing is requested from outside this machine."""

@@ -217,10 +217,41 @@ def test_few_shot_episodes_are_seeded(balanced_folder, encoder, tmp_path):
 @pytest.mark.slow
 def test_robustness_against_itself_is_mce_one(fashion_folder, balanced_folder, encoder, tmp_path):  # noqa: F811
     classifier = tmp_path / "cls"
-    run_classification.main(["--model", str(encoder), "--train_dir", str(fashion_folder), "--validation_dir", str(fashion_folder),
-                             "--per_device_train_batch_size", "8", "--max_steps", "2", "--eval_strategy", "no", "--output_dir", str(classifier)])
-    results = run_robustness.main(["--model", str(classifier), "--baseline", str(classifier), "--data_dir", str(fashion_folder),
-                                   "--split", "train", "--corruptions", "gaussian_noise", "pixelate", "--output_dir", str(tmp_path / "rob")])
+    run_classification.main(
+        [
+            "--model",
+            str(encoder),
+            "--train_dir",
+            str(fashion_folder),
+            "--validation_dir",
+            str(fashion_folder),
+            "--per_device_train_batch_size",
+            "8",
+            "--max_steps",
+            "2",
+            "--eval_strategy",
+            "no",
+            "--output_dir",
+            str(classifier),
+        ]
+    )
+    results = run_robustness.main(
+        [
+            "--model",
+            str(classifier),
+            "--baseline",
+            str(classifier),
+            "--data_dir",
+            str(fashion_folder),
+            "--split",
+            "train",
+            "--corruptions",
+            "gaussian_noise",
+            "pixelate",
+            "--output_dir",
+            str(tmp_path / "rob"),
+        ]
+    )
     assert results["mCE"] == pytest.approx(1.0) or all(
         sum(results["errors"]["baseline"][c].values()) == 0 for c in ("gaussian_noise", "pixelate"))
     assert set(results["errors"]["model"]["pixelate"]) == {"1", "2", "3", "4", "5"}
@@ -253,7 +284,10 @@ def camvid_subset(tmp_path_factory):
 
 def test_segmentation_label_checks(camvid_subset, tmp_path):
     image = next((camvid_subset / "train").iterdir())
-    example = {"image": {"path": str(image), "bytes": None}, "mask": {"path": str(camvid_subset / "trainannot" / f"{image.stem}.png"), "bytes": None}}
+    example = {
+        "image": {"path": str(image), "bytes": None},
+        "mask": {"path": str(camvid_subset / "trainannot" / f"{image.stem}.png"), "bytes": None},
+    }
     with pytest.raises(ValueError, match=r"labels \[11\] outside 0\.\.10; set --ignore_index"):
         run_segmentation.read_pair(example, num_labels=11, ignore_index=None)
     image_np, mask = run_segmentation.read_pair(example, num_labels=11, ignore_index=11)
@@ -266,9 +300,30 @@ def test_segmentation_label_checks(camvid_subset, tmp_path):
 
 @pytest.mark.slow
 def test_segmentation_end_to_end(camvid_subset, encoder, tmp_path):
-    results = run_segmentation.main(["--model", str(encoder), "--data_dir", str(camvid_subset), "--num_labels", "11", "--ignore_index", "11",
-                                     "--output_dir", str(tmp_path / "seg"), "--max_steps", "2", "--per_device_train_batch_size", "2",
-                                     "--crop_size", "64", "--decoder_channels", "32", "--num_figure_images", "2"])
+    results = run_segmentation.main(
+        [
+            "--model",
+            str(encoder),
+            "--data_dir",
+            str(camvid_subset),
+            "--num_labels",
+            "11",
+            "--ignore_index",
+            "11",
+            "--output_dir",
+            str(tmp_path / "seg"),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--crop_size",
+            "64",
+            "--decoder_channels",
+            "32",
+            "--num_figure_images",
+            "2",
+        ]
+    )
     assert 0 <= results["mean_iou"] <= 1 and len(results["per_category_iou"]) == 11 and results["eval_images"] == 2
     assert (tmp_path / "seg" / "segmentation_overlays.png").exists()
     assert "mean_iou" in (tmp_path / "seg" / "README.md").read_text()
@@ -309,7 +364,9 @@ def test_segmentation_refuses_bad_label_maps_before_training(tmp_path):
             if split == "val" and index == 1:
                 labels[0, 0] = 7  # outside 0..2 with no ignore index
             Image.fromarray(labels).save(tmp_path / f"{split}annot" / f"{index}.png")
-    with pytest.raises(ValueError, match=r"1 of 2 evaluation images cannot be used, so nothing was trained: #1: .*labels \[7\] outside 0\.\.2"):
+    with pytest.raises(
+        ValueError, match=r"1 of 2 evaluation images cannot be used, so nothing was trained: #1: .*labels \[7\] outside 0\.\.2"
+    ):
         run_segmentation.main(["--model", "vit-tiny-patch4-32", "--data_dir", str(tmp_path), "--num_labels", "3", "--max_steps", "1",
                                "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()

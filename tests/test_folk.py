@@ -306,8 +306,23 @@ def test_first_release_folk_settings_stay_at_log_k(fashion_folder, tiny_config, 
 @pytest.mark.slow
 def test_folk_resume_is_exact_teacher_and_centre_included(fashion_folder, tiny_config, tmp_path):  # noqa: F811
     # the schedules (temperature warm-up, frozen prototypes) run across the resume point
-    common = [*FOLK_ARGS, "--max_steps", "8", "--save_steps", "3", "--save_total_limit", "5", "--gradient_accumulation_steps", "2",
-              "--folk_warmup_teacher_temperature", "0.01", "--folk_teacher_temperature_warmup_ratio", "0.75", "--folk_freeze_prototypes_ratio", "0.5"]
+    common = [
+        *FOLK_ARGS,
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "3",
+        "--save_total_limit",
+        "5",
+        "--gradient_accumulation_steps",
+        "2",
+        "--folk_warmup_teacher_temperature",
+        "0.01",
+        "--folk_teacher_temperature_warmup_ratio",
+        "0.75",
+        "--folk_freeze_prototypes_ratio",
+        "0.5",
+    ]
     run_pretraining.main(run_args(fashion_folder, tiny_config, tmp_path / "straight", *common))
     import shutil
 

@@ -35,13 +35,17 @@ def run_against_hub(hub: LocalHub, code: str, tmp_path: Path) -> str:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "NO_PROXY": "127.0.0.1",
     }
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
 def test_push_and_load_back(local_hub, tmp_path):
-    out = run_against_hub(local_hub, """
+    out = run_against_hub(
+        local_hub,
+        """
         import torch, mfm_hub
         from transformers import AutoBackbone, AutoImageProcessor, AutoModel, AutoModelForImageClassification
         config = mfm_hub.MFMViTConfig(image_size=32, patch_size=4, hidden_size=48, num_hidden_layers=4, num_attention_heads=3)
@@ -51,12 +55,15 @@ def test_push_and_load_back(local_hub, tmp_path):
         loaded = AutoModel.from_pretrained("org/mfm-tiny").eval()
         assert torch.equal(loaded(x).last_hidden_state, model.base_model(x).last_hidden_state)
         assert type(AutoBackbone.from_pretrained("org/mfm-tiny")).__name__ == "MFMViTBackbone"
-        assert type(AutoModelForImageClassification.from_pretrained("org/mfm-tiny", num_labels=3)).__name__ == "MFMViTForImageClassification"
+        classifier = AutoModelForImageClassification.from_pretrained("org/mfm-tiny", num_labels=3)
+        assert type(classifier).__name__ == "MFMViTForImageClassification"
         assert AutoImageProcessor.from_pretrained("org/mfm-tiny").crop_size == {"height": 32, "width": 32}
         torch.save(model.base_model(x).last_hidden_state, "reference.pt")
         torch.save(x, "inputs.pt")
         print("pushed-and-loaded")
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert "pushed-and-loaded" in out
     files = set(local_hub.repos["org/mfm-tiny"]["files"])
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_mfm_vit.py", "configuration_mfm.py"} <= files

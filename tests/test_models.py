@@ -154,7 +154,13 @@ def test_save_load_roundtrip_and_auto_classes(family, tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert set(saved["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForPreTraining", "AutoModelForImageClassification", "AutoBackbone"}
+    assert set(saved["auto_map"]) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForPreTraining",
+        "AutoModelForImageClassification",
+        "AutoBackbone",
+    }
     assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
     x = torch.rand(2, 3, 64, 64)
     mask = torch.ones(2, 1, 64, 64)
@@ -457,7 +463,10 @@ LABEL_CASES = {
 PRETRAINING_CASES = {
     "mask as a NumPy array": (dict(frequency_mask=lambda size: np.ones((2, 1, size, size))), "`frequency_mask` must be a tensor"),
     "mask of the wrong shape": (dict(frequency_mask=lambda size: torch.ones(2, size, size)), "`frequency_mask` must have shape"),
-    "mask with NaN": (dict(frequency_mask=lambda size: torch.full((2, 1, size, size), float("nan"))), r"`frequency_mask` values must lie in"),
+    "mask with NaN": (
+        dict(frequency_mask=lambda size: torch.full((2, 1, size, size), float("nan"))),
+        r"`frequency_mask` values must lie in",
+    ),
     "mask above 1": (dict(frequency_mask=lambda size: torch.full((2, 1, size, size), 2.0)), r"`frequency_mask` values must lie in"),
     "generator as a seed": (dict(generator=lambda size: 3), "`generator` must be a torch.Generator"),
 }

@@ -129,7 +129,9 @@ def test_posterize_at_its_strongest_works_with_the_fix_only_where_it_is_needed()
 
 @pytest.mark.parametrize("method", list(run_pretraining.METHODS))
 def test_pretraining_pipeline_soak(method, image_folder):
-    model_args = run_pretraining.ModelArguments(model="vit-tiny-patch4-32", **(dict(objective="folk") if method == "folk" else dict(method=method)))
+    model_args = run_pretraining.ModelArguments(
+        model="vit-tiny-patch4-32", **(dict(objective="folk") if method == "folk" else dict(method=method))
+    )
     config = resolve_config(model_args.model, corruption=model_args.method)
     data_args = run_pretraining.DataArguments(train_dir=str(image_folder), min_crop_scale=0.01)
     images, _, _ = run_pretraining.build_dataset(data_args, IMAGE_SIZE, seed=7, two_views=method == "folk")

@@ -100,7 +100,9 @@ def test_flags_after_a_config_file_override_it():
 
 def test_config_file_values_are_converted_like_flags(tmp_path):
     path = tmp_path / "run.json"
-    path.write_text('{"learning_rate": "3e-4", "max_steps": "7", "folk_normalize_prototypes": "false", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}}')
+    path.write_text(
+        '{"learning_rate": "3e-4", "max_steps": "7", "folk_normalize_prototypes": "false", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}}'
+    )
     model_args, _, args = run_pretraining.parse_arguments([str(path)])
     assert args.learning_rate == 3e-4 and args.max_steps == 7 and model_args.folk_normalize_prototypes is False
     assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
@@ -146,7 +148,9 @@ def test_pretraining_writes_a_loadable_backbone_card_and_figures(fashion_folder,
 @pytest.mark.slow
 def test_streaming_a_local_folder(fashion_folder, tiny_config, tmp_path):
     output = tmp_path / "streamed"
-    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, "--streaming", "--max_steps", "3", "--save_strategy", "no")) == 0
+    assert (
+        run_pretraining.main(run_args(fashion_folder, tiny_config, output, "--streaming", "--max_steps", "3", "--save_strategy", "no")) == 0
+    )
     assert json.loads((output / "train_results.json").read_text())["global_step"] == 3
     assert "streamed" in (output / "README.md").read_text()
     folk = tmp_path / "folk_streamed"  # FOLK's figure takes its view pairs from the stream too
@@ -200,7 +204,9 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(fashio
         return out
 
     model.forward = forward_with_nan
-    model_args, data_args, args = run_pretraining.parse_arguments(run_args(fashion_folder, tiny_config, tmp_path, "--max_steps", "5", "--save_steps", "2"))
+    model_args, data_args, args = run_pretraining.parse_arguments(
+        run_args(fashion_folder, tiny_config, tmp_path, "--max_steps", "5", "--save_steps", "2")
+    )
     args.learning_rate = 1e-3
     images, _, _ = run_pretraining.build_dataset(data_args, 32, 0)
     trainer = run_pretraining.MFMPretrainingTrainer(model=model, args=args, train_dataset=images,
@@ -240,11 +246,15 @@ def test_decode_image_handles_modes_and_names_bad_files(messy_folder):
 
 @pytest.mark.slow
 def test_bad_images_are_skipped_or_fatal_with_strict_data(messy_folder, tiny_config, tmp_path, caplog):
-    args = run_args(messy_folder, tiny_config, tmp_path / "lenient", "--max_steps", "8", "--per_device_train_batch_size", "8", "--save_strategy", "no")
+    args = run_args(
+        messy_folder, tiny_config, tmp_path / "lenient", "--max_steps", "8", "--per_device_train_batch_size", "8", "--save_strategy", "no"
+    )
     assert run_pretraining.main(args) == 0
     warnings = [r.getMessage() for r in caplog.records if "Cannot read image" in r.getMessage()]
     assert len(warnings) == 1 and ("corrupt.jpg" in warnings[0] or "truncated.png" in warnings[0])
-    strict = run_args(messy_folder, tiny_config, tmp_path / "strict", "--max_steps", "8", "--per_device_train_batch_size", "8", "--strict_data")
+    strict = run_args(
+        messy_folder, tiny_config, tmp_path / "strict", "--max_steps", "8", "--per_device_train_batch_size", "8", "--strict_data"
+    )
     with pytest.raises(ValueError, match=r"Cannot read image .*(corrupt\.jpg|truncated\.png).*--strict_data"):
         run_pretraining.main(strict)
 
@@ -324,7 +334,9 @@ def script_env(**extra):
 def test_sigterm_saves_a_resumable_checkpoint(fashion_folder, tiny_config, tmp_path):
     output = tmp_path / "run"
     args = run_args(fashion_folder, tiny_config, output, "--max_steps", "100000", "--save_steps", "100000")
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *args], env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args], env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 240
     log = []
     for line in process.stdout:  # wait until training is under way
@@ -388,7 +400,9 @@ def test_push_to_loopback_hub_and_failed_push_keeps_local_output(fashion_folder,
     try:
         env = script_env(HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="0", HF_TOKEN="hf_local_test_token", HF_HUB_DISABLE_XET="1",
                          HF_HOME=str(tmp_path / "hf_home"))
-        base = run_args(fashion_folder, tiny_config, tmp_path / "pushed", "--max_steps", "2", "--push_to_hub", "--hub_model_id", "org/mfm-test")
+        base = run_args(
+            fashion_folder, tiny_config, tmp_path / "pushed", "--max_steps", "2", "--push_to_hub", "--hub_model_id", "org/mfm-test"
+        )
         result = subprocess.run([sys.executable, str(SCRIPT), *base], env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         files = hub.repos["org/mfm-test"]["files"]
@@ -396,7 +410,9 @@ def test_push_to_loopback_hub_and_failed_push_keeps_local_output(fashion_folder,
         assert not any(name.startswith("checkpoint-") for name in files)
 
         hub.fail_commits = True
-        failing = run_args(fashion_folder, tiny_config, tmp_path / "failed", "--max_steps", "2", "--push_to_hub", "--hub_model_id", "org/mfm-fail")
+        failing = run_args(
+            fashion_folder, tiny_config, tmp_path / "failed", "--max_steps", "2", "--push_to_hub", "--hub_model_id", "org/mfm-fail"
+        )
         result = subprocess.run([sys.executable, str(SCRIPT), *failing], env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 1 and "Upload to org/mfm-fail failed" in result.stdout
         assert isinstance(MFMViTModel.from_pretrained(tmp_path / "failed"), MFMViTModel)

@@ -249,11 +249,15 @@ def test_classification_evaluates_on_the_data_it_trains_on_or_says_what_is_missi
         (tmp_path / "flat" / name).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "flat" / name / "0.png")
     split_folder = ["--train_dir", str(tmp_path / "split")]
-    with pytest.raises(ValueError, match=r"has the splits \['train', 'validation'\], not --eval_split 'test': pass --eval_split validation"):
+    with pytest.raises(
+        ValueError, match=r"has the splits \['train', 'validation'\], not --eval_split 'test': pass --eval_split validation"
+    ):
         run_classification.main([*split_folder, "--output_dir", str(tmp_path / "o1"), "--max_steps", "1"])
     with pytest.raises(ValueError, match="holds class folders but no evaluation images: pass --validation_dir"):
         run_classification.main(["--train_dir", str(tmp_path / "flat"), "--output_dir", str(tmp_path / "o2"), "--max_steps", "1"])
-    data_args, = HfArgumentParser(run_classification.DataArguments).parse_args_into_dataclasses([*split_folder, "--eval_split", "validation"])
+    (data_args,) = HfArgumentParser(run_classification.DataArguments).parse_args_into_dataclasses(
+        [*split_folder, "--eval_split", "validation"]
+    )
     assert run_classification.evaluation_source(data_args) == ("validation", str(tmp_path / "split"))
 
 

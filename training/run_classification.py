@@ -54,7 +54,9 @@ logger = logging.getLogger("run_classification")
 class ModelArguments:
     model: str = field(default="vit-tiny-patch4-32", metadata={"help": "an MFM checkpoint folder or Hub id, or a preset (from scratch)"})
     linear_probe: bool = field(default=False, metadata={"help": "freeze the backbone, train only the classifier"})
-    use_mean_pooling: bool = field(default=True, metadata={"help": "ViT: mean-pool patch tokens through fc_norm (the MFM fine-tuning head)"})
+    use_mean_pooling: bool = field(
+        default=True, metadata={"help": "ViT: mean-pool patch tokens through fc_norm (the MFM fine-tuning head)"}
+    )
     drop_path_rate: float = field(default=0.1)
     layer_decay: Optional[float] = field(default=0.75, metadata={"help": "layer-wise lr decay (ViT); 1 or empty to disable"})
 
@@ -173,8 +175,11 @@ def evaluation_source(data_args: DataArguments) -> tuple[str, Optional[str]]:
                              "--validation_dir (a folder with the same class sub-folders), or give it train/ and val/ sub-folders.")
         if data_args.eval_split not in splits:
             others = [split for split in splits if split != "train"]
-            raise ValueError(f"--train_dir {data_args.train_dir} has the splits {splits}, not --eval_split {data_args.eval_split!r}: "
-                             + (f"pass --eval_split {others[0]}" if others else "add a val/ or test/ sub-folder") + ", or --validation_dir.")
+            raise ValueError(
+                f"--train_dir {data_args.train_dir} has the splits {splits}, not --eval_split {data_args.eval_split!r}: "
+                + (f"pass --eval_split {others[0]}" if others else "add a val/ or test/ sub-folder")
+                + ", or --validation_dir."
+            )
         return data_args.eval_split, data_args.train_dir
     return data_args.eval_split, None
 
@@ -300,13 +305,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if not trainer.is_world_process_zero():
         return results
     task = "Linear probe" if model_args.linear_probe else "Fine-tuning"
-    shots = f", {data_args.shots_per_class}-shot" if data_args.shots_per_class else f", {data_args.train_fraction:.0%} of labels" if data_args.train_fraction else ""
+    shots = (
+        f", {data_args.shots_per_class}-shot"
+        if data_args.shots_per_class
+        else f", {data_args.train_fraction:.0%} of labels"
+        if data_args.train_fraction
+        else ""
+    )
 
     def figures(folder: Path) -> None:
         plot_confusion_matrix(labels, scores.argmax(1), class_names, folder / "confusion_matrix.png",
                               title=f"{results['protocol']}: top-1 {metrics['top1']:.3f}")
         if results["validation_curve"]:
-            plot_validation_curve(trainer.state.log_history, folder / "validation_curve.png", f"{results['protocol']} ({len(train)} training images)")
+            plot_validation_curve(
+                trainer.state.log_history, folder / "validation_curve.png", f"{results['protocol']} ({len(train)} training images)"
+            )
 
     entry = evaluation.ModelIndexEntry(output, output.name, "image-classification", f"{task}{shots}",
                                        dataset_reference(data_args.dataset_name, data_args.train_dir),

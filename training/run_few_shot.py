@@ -4,7 +4,8 @@
 Two protocols:
 
 * ``--protocol episodes`` (default): N-way K-shot episodes on a **frozen** backbone. Features
-  (`evaluation.frozen_features`: mean patch token for a ViT, pooled map for a ResNet) of the evaluation split are extracted once; each seeded episode draws
+  (`evaluation.frozen_features`: mean patch token for a ViT, pooled map for a ResNet) of the
+  evaluation split are extracted once; each seeded episode draws
   N classes, K support and Q query images per class, and classifies the queries with class
   prototypes (cosine to the mean support feature) or a logistic regression fitted on the
   support set. Reports the mean accuracy and its 95% interval over episodes.
@@ -103,7 +104,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--classifier", choices=["prototype", "logistic"], default="prototype")
     parser.add_argument("--train_fraction", type=float, default=None, help="finetune protocol: labelled fraction instead of --shots")
-    parser.add_argument("--max_samples", type=int, default=None, help="draw episodes from N images of the split, a seeded class-balanced sample")
+    parser.add_argument(
+        "--max_samples", type=int, default=None, help="draw episodes from N images of the split, a seeded class-balanced sample"
+    )
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--crop_pct", type=float, default=224 / 256)
     parser.add_argument("--seed", type=int, default=0)
@@ -117,13 +120,17 @@ def main(argv: Optional[list[str]] = None) -> dict:
         passthrough = ["--overwrite_output_dir", *passthrough]
     if args.protocol == "finetune":
         subset = ["--train_fraction", str(args.train_fraction)] if args.train_fraction else ["--shots_per_class", str(args.shots)]
-        data = (["--train_dir", args.data_dir] if args.data_dir else []) + (["--dataset_name", args.dataset_name] if args.dataset_name else [])
+        data = (["--train_dir", args.data_dir] if args.data_dir else []) + (
+            ["--dataset_name", args.dataset_name] if args.dataset_name else []
+        )
         return run_classification.main(["--model", args.model, "--output_dir", args.output_dir, "--seed", str(args.seed),
                                         *subset, *data, *passthrough])
 
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
     check_model_source(args.model)
-    dataset, image_column, class_names = evaluation.load_labelled_split(args.split, args.data_dir, args.dataset_name, label_column=args.label_column)
+    dataset, image_column, class_names = evaluation.load_labelled_split(
+        args.split, args.data_dir, args.dataset_name, label_column=args.label_column
+    )
     dataset = sample_examples(dataset, args.max_samples, args.seed, args.label_column)
     model = evaluation.load_encoder(args.model).eval()
     features = extract_features(model, dataset, image_column, args.batch_size, args.crop_pct)
@@ -137,11 +144,24 @@ def main(argv: Optional[list[str]] = None) -> dict:
     output = Path(args.output_dir)
     # the backbone itself is evaluated, so its own card gets the entry when it is a local checkpoint
     card_dir = args.model if Path(args.model).is_dir() else output
-    entry = evaluation.ModelIndexEntry(card_dir, Path(args.model).name, "image-classification", f"Few-shot, {results['protocol']}",
-                                       dataset_reference(args.dataset_name, args.data_dir), {"accuracy": mean, "ci95": interval}, args.split)
+    entry = evaluation.ModelIndexEntry(
+        card_dir,
+        Path(args.model).name,
+        "image-classification",
+        f"Few-shot, {results['protocol']}",
+        dataset_reference(args.dataset_name, args.data_dir),
+        {"accuracy": mean, "ci95": interval},
+        args.split,
+    )
     evaluation.report_results(
-        output, results, entry, f"{results['protocol']} accuracy {mean:.4f} +- {interval:.4f} (95% interval over {args.episodes} episodes)",
-        lambda folder: plot_episodes(accuracies, folder / "few_shot_episodes.png", f"{results['protocol']} ({args.classifier}): {mean:.3f} +- {interval:.3f}"))
+        output,
+        results,
+        entry,
+        f"{results['protocol']} accuracy {mean:.4f} +- {interval:.4f} (95% interval over {args.episodes} episodes)",
+        lambda folder: plot_episodes(
+            accuracies, folder / "few_shot_episodes.png", f"{results['protocol']} ({args.classifier}): {mean:.3f} +- {interval:.3f}"
+        ),
+    )
     return results
 
 

@@ -75,7 +75,10 @@ def method_flags(method: str) -> list[str]:
 
 @dataclass
 class ModelArguments:
-    model: str = field(default="vit-tiny-patch4-32", metadata={"help": f"a preset ({', '.join(sorted(PRESETS))}), a config.json, or a checkpoint folder to continue from"})
+    model: str = field(
+        default="vit-tiny-patch4-32",
+        metadata={"help": f"a preset ({', '.join(sorted(PRESETS))}), a config.json, or a checkpoint folder to continue from"},
+    )
     method: Optional[str] = field(default=None, metadata={"help": f"pretext task: {', '.join(PRETEXT_TASKS)} (default: mfm; "
                                                                 "informed with --objective folk)"})
     objective: str = field(default="reconstruction", metadata={"help": f"{' | '.join(OBJECTIVES)}: restore the image, or FOLK's "
@@ -93,13 +96,17 @@ class ModelArguments:
     folk_ema_momentum: Optional[float] = field(default=None, metadata={"help": "FOLK: initial teacher EMA momentum, cosine to 1 (0.996)"})
     folk_distillation_weight: Optional[float] = field(default=None, metadata={"help": "FOLK: weight of the distillation loss (1)"})
     folk_reconstruction_weight: Optional[float] = field(default=None, metadata={"help": "FOLK: weight of the reconstruction loss (1)"})
-    folk_warmup_teacher_temperature: Optional[float] = field(default=None, metadata={"help": "FOLK: teacher temperature at the start of the warm-up (0.02)"})
+    folk_warmup_teacher_temperature: Optional[float] = field(
+        default=None, metadata={"help": "FOLK: teacher temperature at the start of the warm-up (0.02)"}
+    )
     folk_teacher_temperature_warmup_ratio: Optional[float] = field(
         default=None, metadata={"help": "FOLK: fraction of the run over which the teacher temperature warms up (0)"})
     folk_normalize_prototypes: Optional[bool] = field(default=None, metadata={"help": "FOLK: unit-norm prototypes (true)"})
     folk_freeze_prototypes_ratio: Optional[float] = field(
         default=None, metadata={"help": "FOLK: fraction of the run during which the student's prototypes stay frozen (0)"})
-    folk_head_pooling: Optional[str] = field(default=None, metadata={"help": "FOLK ViT: heads read the 'mean' patch token (default) or 'cls'"})
+    folk_head_pooling: Optional[str] = field(
+        default=None, metadata={"help": "FOLK ViT: heads read the 'mean' patch token (default) or 'cls'"}
+    )
     folk_center_momentum: Optional[float] = field(default=None, metadata={"help": "FOLK: momentum of the teacher-output centre (0.9)"})
     folk_export: Optional[str] = field(default=None, metadata={"help": "FOLK: export the 'teacher' (default) or 'student' encoder"})
 
@@ -120,7 +127,9 @@ class DataArguments:
     dataset_config_name: Optional[str] = field(default=None)
     image_column: Optional[str] = field(default=None, metadata={"help": "image column (default: the first Image feature)"})
     streaming: bool = field(default=False, metadata={"help": "stream the dataset instead of downloading it (set --max_steps)"})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "use N images, a seeded class-balanced sample (uniform without class labels)"})
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "use N images, a seeded class-balanced sample (uniform without class labels)"}
+    )
     min_crop_scale: float = field(default=0.2, metadata={"help": "RandomResizedCrop minimum area (0.2)"})
     strict_data: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of replacing it"})
     num_figure_images: int = field(default=6, metadata={"help": "images in reconstructions.png"})
@@ -259,7 +268,8 @@ class FOLKScheduleCallback(TrainerCallback):
 
 def build_model(model_args: ModelArguments):
     overrides = {
-        key: value for key, value in {
+        key: value
+        for key, value in {
             "corruption": model_args.method,
             "image_size": model_args.image_size,
             "mask_radius": model_args.mask_radius,
@@ -268,18 +278,34 @@ def build_model(model_args: ModelArguments):
             "blur_sigma": model_args.blur_sigma,
             "noise_sigma": model_args.noise_sigma,
             "drop_path_rate": model_args.drop_path_rate,
-            **{name: getattr(model_args, name) for name in (
-                "folk_head_output_dim", "folk_teacher_temperature", "folk_student_temperature",
-                "folk_ema_momentum", "folk_distillation_weight", "folk_reconstruction_weight", "folk_export", "folk_warmup_teacher_temperature",
-                "folk_teacher_temperature_warmup_ratio", "folk_normalize_prototypes", "folk_freeze_prototypes_ratio",
-                "folk_center_momentum", "folk_head_pooling")},
-        }.items() if value is not None
+            **{
+                name: getattr(model_args, name)
+                for name in (
+                    "folk_head_output_dim",
+                    "folk_teacher_temperature",
+                    "folk_student_temperature",
+                    "folk_ema_momentum",
+                    "folk_distillation_weight",
+                    "folk_reconstruction_weight",
+                    "folk_export",
+                    "folk_warmup_teacher_temperature",
+                    "folk_teacher_temperature_warmup_ratio",
+                    "folk_normalize_prototypes",
+                    "folk_freeze_prototypes_ratio",
+                    "folk_center_momentum",
+                    "folk_head_pooling",
+                )
+            },
+        }.items()
+        if value is not None
     }
     is_folk = model_args.objective == "folk"
     check_model_source(model_args.model)
     source = Path(model_args.model)
     if model_args.model not in PRESETS and not (source.is_dir() or (source.suffix == ".json" and source.is_file())):
-        raise ValueError(f"--model {model_args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config.json nor a checkpoint folder.")
+        raise ValueError(
+            f"--model {model_args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config.json nor a checkpoint folder."
+        )
     config = resolve_config(model_args.model, **overrides)
     if source.is_dir():
         model_class = mfm_hub.family_of(config).folk if is_folk else transformers.AutoModelForPreTraining

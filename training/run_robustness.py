@@ -58,8 +58,10 @@ def error_rates(models: dict, images: list[np.ndarray], labels: np.ndarray, corr
     wrong = {name: 0 for name in models}
     for start in range(0, len(images), batch_size):
         # zlib.crc32, not hash(): str hashes change from process to process
-        batch = [corrupted_image(img, corruption, severity, seed + 1_000_003 * (start + i) + 7919 * severity + zlib.crc32(corruption.encode()))
-                 for i, img in enumerate(images[start:start + batch_size])]
+        batch = [
+            corrupted_image(img, corruption, severity, seed + 1_000_003 * (start + i) + 7919 * severity + zlib.crc32(corruption.encode()))
+            for i, img in enumerate(images[start : start + batch_size])
+        ]
         pixels = torch.stack([to_input(torch.from_numpy(img).permute(2, 0, 1)) for img in batch])
         for name, model in models.items():
             predictions = model(pixel_values=pixels.to(model.device)).logits.argmax(-1).cpu().numpy()
@@ -95,9 +97,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if unknown:
         raise ValueError(f"Unknown corruptions {unknown}; choose from {get_corruption_names('all')}.")
 
-    dataset, image_column, class_names = evaluation.load_labelled_split(args.split, args.data_dir, args.dataset_name, label_column=args.label_column)
+    dataset, image_column, class_names = evaluation.load_labelled_split(
+        args.split, args.data_dir, args.dataset_name, label_column=args.label_column
+    )
     dataset = sample_examples(dataset, args.max_eval_samples, args.seed, args.label_column)
-    models = {name: AutoModelForImageClassification.from_pretrained(path).eval() for name, path in (("model", args.model), ("baseline", args.baseline))}
+    models = {
+        name: AutoModelForImageClassification.from_pretrained(path).eval()
+        for name, path in (("model", args.model), ("baseline", args.baseline))
+    }
     for name, model in models.items():
         evaluation.check_head_matches(model.config.num_labels, class_names, what=f"the {name}'s classifier")
     config = models["model"].config

@@ -214,7 +214,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     setup_training_process(args)
     set_seed(args.seed)
     train, test = load_split(data_args, data_args.train_split), load_split(data_args, data_args.eval_split)
-    train, test = sample_examples(train, data_args.max_train_samples, args.seed), sample_examples(test, data_args.max_eval_samples, args.seed)
+    train, test = (
+        sample_examples(train, data_args.max_train_samples, args.seed),
+        sample_examples(test, data_args.max_eval_samples, args.seed),
+    )
     for split, what in ((train, "training images"), (test, "evaluation images")):
         evaluation.validate_examples(split, lambda example: read_pair(example, model_args.num_labels, model_args.ignore_index), what)
     model = build_model(model_args)

@@ -53,7 +53,9 @@ def load_reconstruction_model(source: str) -> MFMForPreTrainingMixin:
     if source in zoo.OFFICIAL_CHECKPOINTS:
         if zoo.get(source).finetune_epochs:
             pretrained = ", ".join(name for name, entry in zoo.OFFICIAL_CHECKPOINTS.items() if not entry.finetune_epochs)
-            raise ValueError(f"{source} is a fine-tuned classifier without the reconstruction decoder; pick a pre-trained one: {pretrained}.")
+            raise ValueError(
+                f"{source} is a fine-tuned classifier without the reconstruction decoder; pick a pre-trained one: {pretrained}."
+            )
         model = zoo.load(source)
     else:
         check_model_source(source)

@@ -21,7 +21,9 @@ class TopKAccuracy(evaluate.Metric):
             description="Top-1 and top-k classification accuracy from scores.",
             citation="",
             inputs_description="predictions: (N, C) scores; references: (N,) int labels",
-            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, predictions, references, k: int = 5):

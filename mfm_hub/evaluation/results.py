@@ -41,8 +41,17 @@ def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, ta
     if card.data is None:
         card.data = ModelCardData()
     new = [
-        EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset.type, dataset_name=dataset.name,
-                   dataset_config=dataset.config, dataset_split=split, metric_type=metric, metric_name=f"{task_name}: {metric}", metric_value=round(float(value), 6))
+        EvalResult(
+            task_type=task_type,
+            task_name=task_name,
+            dataset_type=dataset.type,
+            dataset_name=dataset.name,
+            dataset_config=dataset.config,
+            dataset_split=split,
+            metric_type=metric,
+            metric_name=f"{task_name}: {metric}",
+            metric_value=round(float(value), 6),
+        )
         for metric, value in metrics.items()
     ]
     replaced = {_protocol_key(result) for result in new}
