@@ -55,6 +55,7 @@ def __getattr__(name: str):
         return importlib.import_module(".zoo", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "FAMILIES",
     "ModelFamily",
