@@ -276,6 +276,12 @@ class MFMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if kwargs.get("config") is None:
+            saved_type = cls.config_class.get_config_dict(source)[0].get("model_type")
+            if saved_type != cls.config_class.model_type and saved_type and saved_type.startswith("mfm_"):
+                raise ValueError(f"{source} holds an {saved_type} checkpoint; {cls.__name__} is an {cls.config_class.model_type} "
+                                 f"model. Load it with the {saved_type} classes, or with AutoModel / AutoBackbone.")
         output_loading_info = kwargs.pop("output_loading_info", False)
         # load mismatched shapes leniently so that the error below can name them; a caller
         # who asked for `ignore_mismatched_sizes` gets them re-initialised as usual
@@ -283,7 +289,6 @@ class MFMPreTrainedModel(PreTrainedModel):
         try:
             model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
         except SafetensorError as error:
-            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
             raise ValueError(
                 f"The safetensors weights of {source} are corrupt or truncated ({error}); "
                 "re-download or re-save the checkpoint."
@@ -296,7 +301,6 @@ class MFMPreTrainedModel(PreTrainedModel):
         mismatched = [] if allow_mismatched else [
             entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info["mismatched_keys"]
         ]
-        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         refuse_non_finite_weights((*model.named_parameters(), *model.named_buffers()), f"The checkpoint {source}")
         if missing or mismatched:
             details = []

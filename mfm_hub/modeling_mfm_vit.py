@@ -298,6 +298,9 @@ class MFMViTBackbone(BackboneMixin, MFMViTPreTrainedModel):
     _new_weight_prefixes = ("fpn", "encoder.fc_norm.")
 
     def __init__(self, config: MFMViTConfig):
+        if config.add_fpn and len(config.out_indices) != 4:  # set after the config's own check, e.g. by from_pretrained(out_indices=)
+            raise ValueError(f"The 4-scale neck (`add_fpn=True`) takes exactly 4 `out_indices`, got {list(config.out_indices)}; "
+                             "pass `add_fpn=False` as well for plain stride-p maps of those blocks.")
         super().__init__(config)
         self.mfm_vit = MFMViTModel(config)
         self.num_features = [config.hidden_size] * len(self.stage_names)

@@ -189,8 +189,26 @@ def test_mismatching_checkpoint_names_the_keys(tmp_path):
     with pytest.raises(ValueError, match=r"missing from the checkpoint: .*encoder\.blocks\.4\."):
         MFMViTModel.from_pretrained(tmp_path / "vit", num_hidden_layers=5, add_fpn=False)
     MFMResNetModel(tiny_resnet_config()).save_pretrained(tmp_path / "resnet")
-    with pytest.raises(ValueError, match="missing from the checkpoint: .*encoder.cls_token"):
-        MFMViTModel.from_pretrained(tmp_path / "resnet")
+    with pytest.raises(ValueError, match="missing from the checkpoint: .*encoder.cls_token"):  # the saved weights, another config
+        MFMViTModel.from_pretrained(tmp_path / "resnet", config=tiny_vit_config())
+
+
+@pytest.mark.parametrize("saved, loaded", [("vit", "resnet"), ("resnet", "swin"), ("swin", "vit")])
+def test_a_checkpoint_of_another_family_is_an_error_naming_both(saved, loaded, tmp_path):
+    """Not a list of every missing key (or, for a backbone, a complaint about `out_features`)."""
+    make_config, base, *_ = FAMILIES[saved]
+    base(make_config()).save_pretrained(tmp_path)
+    for model_class in FAMILIES[loaded][1:]:
+        with pytest.raises(ValueError, match=rf"holds an mfm_{saved} checkpoint; {model_class.__name__} is an mfm_{loaded} model"):
+            model_class.from_pretrained(tmp_path)
+
+
+def test_a_backbone_with_the_four_scale_neck_refuses_other_out_indices_instead_of_remapping(tmp_path):
+    MFMViTBackbone(tiny_vit_config(add_fpn=True)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"4-scale neck \(`add_fpn=True`\) takes exactly 4 `out_indices`, got \[2, 4\]"):
+        MFMViTBackbone.from_pretrained(tmp_path, out_indices=[2, 4])
+    plain = MFMViTBackbone.from_pretrained(tmp_path, out_indices=[2, 4], add_fpn=False)
+    assert [tuple(fm.shape[-2:]) for fm in plain(torch.rand(1, 3, 32, 32)).feature_maps] == [(8, 8), (8, 8)]  # stride p, no remap
 
 
 @pytest.mark.parametrize("family", FAMILIES)
