@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .frequency import apply_frequency_mask, frequency_distance, masked_frequency_loss
 from .image_processing import image_processor_for_config
@@ -334,13 +334,13 @@ class MFMForPreTrainingMixin:
     returning ``(feature_map (B, D, H/s, W/s), encoder outputs)`` and a ``decoder``.
     """
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         frequency_mask: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> MFMPreTrainingOutput:
         r"""
@@ -358,7 +358,7 @@ class MFMForPreTrainingMixin:
             corrupted_pixel_values=result.corruption.pixel_values,
             hidden_states=result.encoder_outputs.hidden_states,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
     def reconstruct(self, pixel_values, frequency_mask=None, generator=None, output_hidden_states=None,
                     objective_config=None) -> Reconstruction:
@@ -381,17 +381,18 @@ class MFMStageBackboneMixin:
     """Backbone forward for families whose base model returns one map per stage as
     ``hidden_states`` (matching ``config.stage_names``): the maps of ``out_features``."""
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> BackboneOutput:
-        outputs = self.base_model(pixel_values, output_hidden_states=True)
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        outputs = self.base_model(pixel_values, output_hidden_states=True, return_dict=True)
         feature_maps = tuple(hidden for stage, hidden in zip(self.stage_names, outputs.hidden_states) if stage in self.out_features)
         output = BackboneOutput(feature_maps=feature_maps, hidden_states=outputs.hidden_states if output_hidden_states else None)
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
 
 class MFMForImageClassificationMixin:
@@ -407,12 +408,12 @@ class MFMForImageClassificationMixin:
         self.classifier = nn.Linear(self.config.num_features, self.num_labels) if self.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: Optional[torch.Tensor] = None,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> ImageClassifierOutput:
         r"""
@@ -420,13 +421,13 @@ class MFMForImageClassificationMixin:
         labels (`(batch,)`, *optional*): class indices; gives ``loss``.
         Returns logits ``(batch, num_labels)``.
         """
-        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states)
+        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         if labels is not None:
             check_labels(labels, logits.shape[0], self.config)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
 
 def backbone_from_pretrained(pretrained_model_name_or_path, **kwargs):

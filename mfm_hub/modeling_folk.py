@@ -21,7 +21,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.utils import ModelOutput
+from transformers import initialization as init
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_mfm import MFMResNetConfig, MFMSwinConfig, MFMViTConfig
 from .modeling_common import MFMPreTrainedModel, normalize
@@ -182,6 +183,8 @@ class FOLKForPreTraining(MFMPreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         self.student._init_weights(module)  # the heads are initialised as the family initialises its layers
+        if module is self:  # a checkpoint without the centre (an MFM one) would otherwise leave it uninitialised memory
+            init.zeros_(self.center)
 
     @classmethod
     def _flat_student_pattern(cls) -> str:
@@ -249,12 +252,12 @@ class FOLKForPreTraining(MFMPreTrainedModel):
         momentum = self.config.folk_center_momentum
         self.center.mul_(momentum).add_(batch_sum / count, alpha=1.0 - momentum)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         frequency_mask: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> FOLKPreTrainingOutput:
         r"""
@@ -272,7 +275,7 @@ class FOLKForPreTraining(MFMPreTrainedModel):
         student = self.student.reconstruct(views, frequency_mask, generator)
         student_logits = self.student_head(self.head_features(student.encoder_outputs))
         with torch.no_grad():
-            teacher_logits = self.teacher_head(self.head_features(self.teacher(normalize(views, config)))).float()
+            teacher_logits = self.teacher_head(self.head_features(self.teacher(normalize(views, config), return_dict=True))).float()
             teacher_probs = F.softmax((teacher_logits - self.center) / self.teacher_temperature, dim=-1)
             teacher_entropy, teacher_marginal_kl = distribution_statistics(teacher_probs)
             if self.training:
@@ -289,7 +292,7 @@ class FOLKForPreTraining(MFMPreTrainedModel):
             frequency_mask=student.corruption.frequency_mask,
             corrupted_pixel_values=student.corruption.pixel_values,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
 
 class FOLKViTForPreTraining(FOLKForPreTraining):

@@ -16,6 +16,7 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndNoAttention,
 )
+from transformers.utils import can_return_tuple
 
 from .configuration_mfm import MFMResNetConfig
 from .modeling_common import (
@@ -115,7 +116,7 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
 
     def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, F)``: the global average of the last map, what the frozen-feature evaluation reads."""
-        return self(pixel_values).pooler_output
+        return self(pixel_values, return_dict=True).pooler_output
 
     def timm_architecture(self) -> tuple[str, dict, str]:
         """timm's name and arguments for this encoder, and its classifier's name (`mfm_hub.timm_export`)."""
@@ -125,11 +126,11 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
             raise ValueError(f"No timm architecture has {key[0]} blocks with layers {list(key[1])}; timm export supports {shapes}.")
         return TIMM_RESNETS[key], dict(in_chans=self.config.num_channels, global_pool="avg"), "fc"
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -149,7 +150,7 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
             pooler_output=hidden.mean(dim=(-2, -1)),
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
 
 class MFMResNetForPreTraining(MFMForPreTrainingMixin, MFMResNetPreTrainedModel):
@@ -165,7 +166,7 @@ class MFMResNetForPreTraining(MFMForPreTrainingMixin, MFMResNetPreTrainedModel):
         self.post_init()
 
     def encode_feature_map(self, pixel_values, output_hidden_states=None):
-        outputs = self.mfm_resnet(pixel_values, output_hidden_states=output_hidden_states)
+        outputs = self.mfm_resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         return outputs.last_hidden_state, outputs
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
+from transformers.utils import can_return_tuple
 
 from .configuration_mfm import MFMSwinConfig
 from .modeling_common import (
@@ -95,11 +96,11 @@ class MFMSwinModel(MFMSwinPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.patch_embed
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -120,11 +121,11 @@ class MFMSwinModel(MFMSwinPreTrainedModel):
             pooler_output=last.mean(dim=(-2, -1)),
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
     def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, 8 * embed_dim)``: the global average of the normed last map."""
-        return self(pixel_values).pooler_output
+        return self(pixel_values, return_dict=True).pooler_output
 
     def timm_architecture(self) -> tuple[str, dict, str]:
         """timm's name and arguments for this encoder, and its classifier's name (`mfm_hub.timm_export`):
@@ -157,7 +158,7 @@ class MFMSwinForPreTraining(MFMForPreTrainingMixin, MFMSwinPreTrainedModel):
         self.post_init()
 
     def encode_feature_map(self, pixel_values, output_hidden_states=None):
-        outputs = self.mfm_swin(pixel_values, output_hidden_states=output_hidden_states)
+        outputs = self.mfm_swin(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         return outputs.last_hidden_state, outputs
 
 

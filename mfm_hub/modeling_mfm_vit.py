@@ -21,6 +21,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
+from transformers.utils import can_return_tuple
 
 from .attention import resolve_attention_backend
 from .configuration_mfm import MFMViTConfig
@@ -181,11 +182,11 @@ class MFMViTModel(MFMViTPreTrainedModel):
             )
         return self.encoder.pos_drop(tokens + pos_embed), grid
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -210,13 +211,13 @@ class MFMViTModel(MFMViTPreTrainedModel):
             pooler_output=pooled,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
 
     def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, D)``: the mean of the normed patch tokens, what the frozen-feature evaluation
         reads whatever ``pooling`` says (MFM trains the patch tokens, never the cls token)."""
-        return self(pixel_values).last_hidden_state[:, 1:].mean(dim=1)
+        return self(pixel_values, return_dict=True).last_hidden_state[:, 1:].mean(dim=1)
 
     def timm_architecture(self) -> tuple[str, dict, str]:
         """timm's name and arguments for this encoder, and its classifier's name (`mfm_hub.timm_export`):
@@ -269,7 +270,7 @@ class MFMViTForPreTraining(MFMForPreTrainingMixin, MFMViTPreTrainedModel):
         self.post_init()
 
     def encode_feature_map(self, pixel_values, output_hidden_states=None):
-        outputs = self.mfm_vit(pixel_values, output_hidden_states=output_hidden_states)
+        outputs = self.mfm_vit(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         return tokens_to_map(outputs.last_hidden_state[:, 1:], grid), outputs
 
@@ -317,14 +318,15 @@ class MFMViTBackbone(BackboneMixin, MFMViTPreTrainedModel):
             self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> BackboneOutput:
-        outputs = self.mfm_vit(pixel_values, output_hidden_states=True)
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        outputs = self.mfm_vit(pixel_values, output_hidden_states=True, return_dict=True)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         feature_maps = [
             tokens_to_map(hidden[:, 1:], grid)
@@ -337,7 +339,7 @@ class MFMViTBackbone(BackboneMixin, MFMViTPreTrainedModel):
             feature_maps=tuple(feature_maps),
             hidden_states=outputs.hidden_states if output_hidden_states else None,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
 
 __all__ = [

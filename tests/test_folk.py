@@ -200,6 +200,7 @@ def test_folk_starts_from_an_mfm_checkpoint(tmp_path):
     assert torch.equal(folk.teacher.encoder.pos_embed, mfm.mfm_vit.encoder.pos_embed)
     assert torch.equal(folk.base_model.encoder.pos_embed, mfm.mfm_vit.encoder.pos_embed)
     assert torch.equal(folk.student.decoder[0].weight, mfm.decoder[0].weight)
+    assert torch.equal(folk.center, torch.zeros_like(folk.center))  # not left as uninitialised memory (it held NaN at times)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

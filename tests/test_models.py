@@ -21,6 +21,9 @@ from transformers import (
 )
 
 from mfm_hub import (
+    FOLKResNetForPreTraining,
+    FOLKSwinForPreTraining,
+    FOLKViTForPreTraining,
     MFMResNetBackbone,
     MFMResNetForImageClassification,
     MFMResNetForPreTraining,
@@ -39,6 +42,7 @@ from mfm_hub import (
 )
 from mfm_hub.evaluation import eval_transform, frozen_features
 
+FAMILIES_FOLK = {"vit": FOLKViTForPreTraining, "resnet": FOLKResNetForPreTraining, "swin": FOLKSwinForPreTraining}
 FAMILIES = {
     "vit": (tiny_vit_config, MFMViTModel, MFMViTForPreTraining, MFMViTForImageClassification, MFMViTBackbone),
     "resnet": (tiny_resnet_config, MFMResNetModel, MFMResNetForPreTraining, MFMResNetForImageClassification, MFMResNetBackbone),
@@ -540,3 +544,26 @@ def test_from_pretrained_in_bfloat16_takes_float32_pixels(family, tmp_path):
         with torch.no_grad():
             output = main_output(model(torch.rand(2, 3, size, size)))
         assert output.dtype == torch.bfloat16 and torch.isfinite(output.float()).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_head_follows_the_config_for_tuples_and_hidden_states_as_transformers_models_do(family):
+    """``config.return_dict=False`` (or the argument) gives tuples, ``config.output_hidden_states``
+    is the default of the argument, backbones included; the models' own inner calls are unaffected."""
+    make_config, *classes = FAMILIES[family]
+    config = make_config(num_labels=3, return_dict=False, output_hidden_states=True)
+    size = config.image_size
+    for model_class in classes:
+        model = model_class(config).eval()
+        with torch.no_grad():
+            as_tuple = model(torch.rand(2, 3, size, size))
+            as_output = model(torch.rand(2, 3, size, size), return_dict=True)
+        assert isinstance(as_tuple, tuple) and not isinstance(as_output, tuple), model_class.__name__
+        assert as_output.hidden_states is not None and len(as_output.hidden_states) > 1, model_class.__name__
+        with torch.no_grad():
+            quiet = model(torch.rand(2, 3, size, size), return_dict=True, output_hidden_states=False)
+        assert quiet.hidden_states is None, model_class.__name__
+    folk_config = make_config(return_dict=False, folk_head_hidden_dim=16, folk_head_bottleneck_dim=8, folk_head_output_dim=8)
+    folk = FAMILIES_FOLK[family](folk_config).eval()
+    with torch.no_grad():
+        assert isinstance(folk(torch.rand(2, 2, 3, size, size)), tuple)
