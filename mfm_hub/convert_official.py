@@ -30,6 +30,8 @@ from .model_card import write_model_card
 from .modeling_common import refuse_non_finite_weights
 from .safe_load import load_tensors
 
+IMAGENET_CLASSES = 1000
+
 #: Short names of the released architectures.
 ARCH_ALIASES = {"vit-base": "vit-base-patch16-224", "vit-small": "vit-small-patch16-224", "resnet50": "resnet50",
                 "swin-base": "swin-base-patch4-window7-224"}
@@ -75,7 +77,18 @@ def _target_for(state_dict: dict[str, torch.Tensor], arch: str, image_size: Opti
     if head not in state_dict:
         raise ValueError(f"A fine-tuned checkpoint needs '{head}'; found neither it nor 'encoder.*' keys.")
     fields = {"num_labels": state_dict[head].shape[0], **family.model.official_config_fields(state_dict), **overrides}
+    if fields["num_labels"] == IMAGENET_CLASSES:  # the official fine-tuned files are ImageNet-1k classifiers: name the classes
+        names = imagenet_class_names()
+        fields.update(id2label=dict(enumerate(names)), label2id={name: index for index, name in enumerate(names)})
     return family.for_image_classification(config_from_preset(preset, **fields))
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class names in index order, as timm ships them ("tench, Tinca tinca", ...)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(index) for index in range(IMAGENET_CLASSES)]
 
 
 def rename_official_keys(state_dict: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:

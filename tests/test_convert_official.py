@@ -121,6 +121,16 @@ def test_vit_finetuned_checkpoint_parity(tmp_path):
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert_close(ours(x).logits, reference(x), FLOAT32_NETWORK, "logits")
+    assert ours.config.id2label[3] == "LABEL_3"  # not ImageNet: no names to give
+
+
+def test_an_imagenet_classifier_carries_the_class_names(tmp_path):
+    reference = official_vit(global_pool="avg", num_classes=1000)
+    save_like_the_release(reference.state_dict(), tmp_path / "in1k.pth")
+    convert(tmp_path / "in1k.pth", "vit-tiny-patch4-32", tmp_path / "hf")
+    config = MFMViTForImageClassification.from_pretrained(tmp_path / "hf").config
+    assert config.id2label[0] == "tench, Tinca tinca" and config.id2label[207] == "golden retriever"
+    assert config.label2id["golden retriever"] == 207 and len(config.id2label) == 1000
 
 
 def test_mismatching_keys_are_listed(tmp_path):
