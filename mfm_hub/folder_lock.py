@@ -56,8 +56,8 @@ def _describe_owner(fd: int, patience: float = 2.0) -> str:
 
 def claim_folder(folder: str | Path, wait: bool = False) -> Path:
     """Take ``folder`` for this process until it exits or calls `release_folder`;
-    `FolderInUseError` naming the holder if another process has it, or with ``wait`` block until
-    it is free. Taking a folder this process holds already is a no-op. Creates the folder's
+    `FolderInUseError` naming the holder if another process has it, or with ``wait`` say so and
+    block until it is free. Taking a folder this process holds already is a no-op. Creates the folder's
     parents if needed (removed again on release if still empty), never the folder itself."""
     folder = Path(folder).resolve()
     if folder in _held:
@@ -68,14 +68,15 @@ def claim_folder(folder: str | Path, wait: bool = False) -> Path:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = _describe_owner(fd)
-            os.close(fd)
-            raise FolderInUseError(
-                f"{folder} is being written by {owner}. Two runs must not share an output folder: wait for it to "
-                "finish or choose another folder."
-            ) from None
+            busy = f"{folder} is being written by {_describe_owner(fd)}."
+            if not wait:
+                os.close(fd)
+                raise FolderInUseError(f"{busy} Two runs must not share an output folder: wait for it to finish or "
+                                       "choose another folder.") from None
+            print(f"{busy} Waiting for it.")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:  # the holder before us may have removed the file between our open and our lock: lock the current one
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break

@@ -47,6 +47,24 @@ class MFMViTAttention(BeitAttention):
         return resolve_attention_backend(self.backend, self.qkv.weight) == "sdpa"
 
 
+def beit_shape(config: MFMViTConfig) -> dict:
+    """The arguments of timm's `Beit` that fix the architecture of an MFM ViT (absolute position
+    embeddings, no relative position bias), shared by the encoder and its timm export."""
+    return dict(
+        img_size=config.image_size,
+        patch_size=config.patch_size,
+        in_chans=config.num_channels,
+        embed_dim=config.hidden_size,
+        depth=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        mlp_ratio=config.mlp_ratio,
+        qkv_bias=config.qkv_bias,
+        use_abs_pos_emb=True,
+        use_rel_pos_bias=False,
+        use_shared_rel_pos_bias=False,
+    )
+
+
 class MFMViTPreTrainedModel(MFMPreTrainedModel):
     config_class = MFMViTConfig
     base_model_prefix = "mfm_vit"
@@ -123,24 +141,14 @@ class MFMViTModel(MFMViTPreTrainedModel):
     def __init__(self, config: MFMViTConfig):
         super().__init__(config)
         self.encoder = Beit(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            in_chans=config.num_channels,
+            **beit_shape(config),
             num_classes=0,
             global_pool="avg" if config.use_mean_pooling else "token",
-            embed_dim=config.hidden_size,
-            depth=config.num_hidden_layers,
-            num_heads=config.num_attention_heads,
-            qkv_bias=config.qkv_bias,
-            mlp_ratio=config.mlp_ratio,
             proj_drop_rate=config.hidden_dropout_prob,
             attn_drop_rate=config.attention_dropout_prob,
             drop_path_rate=config.drop_path_rate,
             norm_layer=partial(nn.LayerNorm, eps=config.layer_norm_eps),
             init_values=config.layer_scale_init_value,
-            use_abs_pos_emb=True,
-            use_rel_pos_bias=False,
-            use_shared_rel_pos_bias=False,
         )
         self.encoder.patch_embed.strict_img_size = False
         backend = "math" if config._attn_implementation == "eager" else config.attention_backend
@@ -231,18 +239,8 @@ class MFMViTModel(MFMViTPreTrainedModel):
         if config.layer_norm_eps != 1e-6:
             raise ValueError(f"timm's Beit uses LayerNorm eps 1e-6; this model has {config.layer_norm_eps}.")
         arguments = dict(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            in_chans=config.num_channels,
-            embed_dim=config.hidden_size,
-            depth=config.num_hidden_layers,
-            num_heads=config.num_attention_heads,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=config.qkv_bias,
+            **beit_shape(config),
             init_values=0.0,
-            use_abs_pos_emb=True,
-            use_rel_pos_bias=False,
-            use_shared_rel_pos_bias=False,
             # timm then pools as pooler_output does: fc_norm(mean) in the fine-tuning layout, else the normed mean or cls token
             global_pool="avg" if config.use_mean_pooling or config.pooling == "mean" else "token",
             use_fc_norm=bool(config.use_mean_pooling),

@@ -29,7 +29,7 @@ from typing import Optional
 from huggingface_hub import EvalResult, ModelCard, constants
 
 from .convert_official import OFFICIAL_LICENSE, convert
-from .folder_lock import FolderInUseError, claim_folder, release_folder
+from .folder_lock import folder_claimed
 
 ZOO_URL_ENV = "MFM_HUB_ZOO_URL"
 DRIVE_URL = "https://drive.google.com/uc?id={file_id}"
@@ -139,16 +139,8 @@ def fetch(name: str, url_template: Optional[str] = None, cache: Optional[Path] =
     if constants.HF_HUB_OFFLINE:
         raise OSError(f"The zoo entry {name} is not in the cache ({target}) and HF_HUB_OFFLINE=1 forbids downloading it: "
                       "unset HF_HUB_OFFLINE, or fetch it once on a connected machine and copy the cache folder.")
-    downloads = cache / "downloads"
-    try:
-        claim_folder(downloads)
-    except FolderInUseError as busy:  # another process is fetching into this cache: wait for it, then look again
-        print(f"{busy} Waiting for it.")
-        claim_folder(downloads, wait=True)
-    try:
+    with folder_claimed(cache / "downloads", wait=True):  # another process fetching into this cache: wait, then look again
         return target if (target / _COMPLETE).exists() else _download_and_convert(entry, url_template, cache, quiet)
-    finally:
-        release_folder(downloads)
 
 
 def _download_and_convert(entry: OfficialCheckpoint, url_template: Optional[str], cache: Path, quiet: bool) -> Path:

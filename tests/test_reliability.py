@@ -284,3 +284,15 @@ def test_max_samples_is_a_seeded_class_balanced_sample_not_the_first_classes(cap
     assert sample_examples(data, 5000, seed=0) is data and sample_examples(data, None, seed=0) is data
     stream = [row["index"] for row in sample_examples(data.to_iterable_dataset(), 20, seed=0)]
     assert len(stream) == 20 and stream != list(range(20))
+
+
+def test_a_waiting_claim_says_who_holds_the_folder_and_takes_it_when_freed(tmp_path, capsys):
+    """How zoo fetches into one cache take turns (`folder_claimed(..., wait=True)`)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mfm_hub.folder_lock import claim_folder\n"
+                               f"claim_folder({str(tmp_path / 'cache')!r}); print('held', flush=True); time.sleep(1.5)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    claim_folder(tmp_path / "cache", wait=True)
+    assert holder.wait(timeout=60) == 0
+    assert f"is being written by process {holder.pid}" in capsys.readouterr().out
+    release_folder(tmp_path / "cache")
