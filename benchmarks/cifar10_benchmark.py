@@ -17,8 +17,8 @@ Results are stored in ``results.json`` as each (method, seed, protocol) finishes
 skips what is done and resumes an interrupted pre-training from its last checkpoint. The
 pre-trained backbones are ordinary checkpoints whose model cards carry the results.
 
-    python benchmarks/cifar10_benchmark.py --output_dir outputs/cifar10_benchmark
-    python benchmarks/cifar10_benchmark.py --data_dir <folder with train/ and test/ class folders> ...
+    python -m benchmarks.cifar10_benchmark --output_dir outputs/cifar10_benchmark
+    python -m benchmarks.cifar10_benchmark --data_dir <folder with train/ and test/ class folders> ...
 
 With no ``--data_dir`` it extracts ``../shared/data/cifar10-jpeg.tar`` (CIFAR-10 re-encoded as
 JPEG: numbers are close to, not equal to, CIFAR-10 numbers) into the user cache once.
@@ -27,7 +27,6 @@ JPEG: numbers are close to, not equal to, CIFAR-10 numbers) into the user cache 
 import argparse
 import json
 import os
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -36,21 +35,20 @@ import numpy as np
 import safetensors.torch
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-import run_classification  # noqa: E402
-import run_few_shot  # noqa: E402
-import run_pretraining  # noqa: E402
+from mfm_hub import MFMViTConfig, MFMViTModel, evaluation
+from mfm_hub.data import DatasetReference
+from mfm_hub.evaluation.few_shot import extract_features, run_episodes
+from mfm_hub.folder_lock import claim_folder
+from mfm_hub.pretraining import METHODS, method_flags
+from mfm_hub.validation import require, require_at_least
+from mfm_hub.visualization import plt
+from training import run_classification, run_pretraining
 
-from mfm_hub import MFMViTConfig, MFMViTModel, evaluation  # noqa: E402
-from mfm_hub.arguments import require, require_at_least  # noqa: E402
-from mfm_hub.data import DatasetReference  # noqa: E402
-from mfm_hub.folder_lock import claim_folder  # noqa: E402
-from mfm_hub.visualization import plt  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CIFAR10 = DatasetReference("uoft-cs/cifar10", "CIFAR-10 (test images; JPEG re-encoding of the original release)", "uoft-cs/cifar10")
 SHARED_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar"
-# Sized from the calibration in the README: pre-training on this CPU is bound by decoding and
+# Sized from the calibration in docs/BENCHMARKS.md: pre-training on this CPU is bound by decoding and
 # augmenting (about 0.4 ms per image on one core), and this encoder is the largest measured
 # that still sees 15 epochs of CIFAR-10 in the 15.5-minute budget (~950 images/s end to end).
 ENCODER = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256)
@@ -105,11 +103,11 @@ class Results:
 
 def pretraining_arguments(method: str, seed: int, steps: int, args, train_dir: Path, output: Path) -> list[str]:
     save_every = max(1, steps // 4)
-    folk = ["--folk_head_output_dim", "1024", "--folk_ema_momentum", str(args.folk_ema_momentum)] if method == "folk" else []
+    folk = ["--config_overrides", f"folk_head_output_dim=1024,folk_ema_momentum={args.folk_ema_momentum}"] if method == "folk" else []
     return [
         "--model",
         str(Path(args.output_dir) / "encoder_config.json"),
-        *run_pretraining.method_flags(method),
+        *method_flags(method),
         "--train_dir",
         str(train_dir),
         "--output_dir",
@@ -192,7 +190,7 @@ def frozen_features(encoder: Path, split_dir: Path, cache: Path, args) -> dict[s
         return safetensors.torch.load_file(cache)
     dataset, column, _ = evaluation.load_labelled_split("train", str(split_dir))
     model = evaluation.load_encoder(str(encoder)).eval()
-    features = run_few_shot.extract_features(model, dataset, column, batch_size=256, crop_pct=1.0)
+    features = extract_features(model, dataset, column, batch_size=256, crop_pct=1.0)
     tensors = {"features": features.contiguous(), "labels": torch.tensor(dataset["label"])}
     safetensors.torch.save_file(tensors, cache.with_suffix(".tmp"))
     cache.with_suffix(".tmp").replace(cache)  # a run cut off mid-write never leaves a half file to load
@@ -237,7 +235,7 @@ def evaluate_checkpoint(method: str, seed: int, encoder: Path, data: Path, args,
             predicted = evaluation.linear_probe_predict(train["features"], train["labels"], test["features"], 10)
             value = {"top1": float((predicted == test["labels"]).float().mean())}
         elif protocol == "five_shot":
-            accuracies = run_few_shot.run_episodes(test["features"], test["labels"].numpy(), ways=5, shots=5, queries=15,
+            accuracies = run_episodes(test["features"], test["labels"].numpy(), ways=5, shots=5, queries=15,
                                                    episodes=args.episodes, classifier="prototype", seed=seed)
             value = {"top1": float(np.mean(accuracies)), "episodes": len(accuracies)}
         else:
@@ -321,7 +319,7 @@ def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/cifar10_benchmark")
     parser.add_argument("--data_dir", default=None, help="CIFAR-10 image folder with train/ and test/ (default: the shared tar, extracted)")
-    parser.add_argument("--methods", nargs="+", default=["scratch", "mfm", "folk", "sr"], choices=["scratch", *run_pretraining.METHODS])
+    parser.add_argument("--methods", nargs="+", default=["scratch", "mfm", "folk", "sr"], choices=["scratch", *METHODS])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--budget_minutes", type=float, default=15.5, help="pre-training wall-clock budget per pre-trained method and seed")
     parser.add_argument("--pretrain_steps", type=int, default=None, help="skip the calibration: this many steps for every method")

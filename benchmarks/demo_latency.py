@@ -3,8 +3,8 @@
 pretext task to the model, draw the pictures. Prints the median of each stage over ``--repeats``
 requests after one warm-up; a random-initialised model of the preset takes as long as a trained one.
 
-    python benchmarks/demo_latency.py                      # ViT-B/16 at 224 px, every task
-    python benchmarks/demo_latency.py --preset resnet50
+    python -m benchmarks.demo_latency                      # ViT-B/16 at 224 px, every task
+    python -m benchmarks.demo_latency --preset resnet50
 """
 
 import argparse

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Why FOLK's distillation term does or does not learn: measurements behind docs/FOLK.md.
 
-    python benchmarks/folk_distillation_diagnostics.py --train_dir cifar10/train --output_dir outputs/folk_diagnostics
+    python -m benchmarks.folk_distillation_diagnostics --train_dir cifar10/train --output_dir outputs/folk_diagnostics
 
 1. At initialisation (no training, real training images): the scale of the prototype
    logits and the teacher's target entropy against ``log K``, for plain and unit-norm
@@ -18,38 +18,33 @@ holds ``train_results.json`` is read back instead of being trained again.
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-from mfm_hub.visualization import plt  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-import run_pretraining  # noqa: E402
-
-from mfm_hub import FOLKViTForPreTraining, image_processor_for_config  # noqa: E402
-from mfm_hub.configuration_mfm import resolve_config  # noqa: E402
-from mfm_hub.data import decode_image, load_image_dataset  # noqa: E402
-from mfm_hub.modeling_common import normalize  # noqa: E402
-from mfm_hub.modeling_folk import distribution_statistics, ema_momentum  # noqa: E402
+from mfm_hub import FOLKViTForPreTraining, image_processor_for_config
+from mfm_hub.configuration_mfm import resolve_config
+from mfm_hub.data import decode_image, load_image_dataset
+from mfm_hub.modeling_common import normalize
+from mfm_hub.modeling_folk import distribution_statistics, ema_momentum
+from mfm_hub.visualization import plt
+from training import run_pretraining
 
 #: name -> run_pretraining arguments; "before" is the FOLK of the first release (plain
 #: prototypes, cls token, teacher temperature 0.04), "default" today's defaults.
 VARIANTS = {
-    "before": ["--folk_normalize_prototypes", "false", "--folk_head_pooling", "cls", "--folk_teacher_temperature", "0.04"],
-    "cls_t0.04": ["--folk_head_pooling", "cls", "--folk_teacher_temperature", "0.04"],
-    "cls_t0.02": ["--folk_head_pooling", "cls"],
-    "cls_t0.04_m0.99": ["--folk_head_pooling", "cls", "--folk_teacher_temperature", "0.04", "--folk_ema_momentum", "0.99"],
-    "cls_t0.01_to_0.04": ["--folk_head_pooling", "cls", "--folk_teacher_temperature", "0.04", "--folk_warmup_teacher_temperature", "0.01",
-                          "--folk_teacher_temperature_warmup_ratio", "0.5"],
-    "cls_t0.04_frozen": ["--folk_head_pooling", "cls", "--folk_teacher_temperature", "0.04", "--folk_freeze_prototypes_ratio", "1.0"],
-    "mean_t0.04": ["--folk_teacher_temperature", "0.04"],
-    "mean_t0.03": ["--folk_teacher_temperature", "0.03"],
+    "before": ["--config_overrides", "folk_normalize_prototypes=false,folk_head_pooling=cls,folk_teacher_temperature=0.04"],
+    "cls_t0.04": ["--config_overrides", "folk_head_pooling=cls,folk_teacher_temperature=0.04"],
+    "cls_t0.02": ["--config_overrides", "folk_head_pooling=cls"],
+    "cls_t0.04_m0.99": ["--config_overrides", "folk_head_pooling=cls,folk_teacher_temperature=0.04,folk_ema_momentum=0.99"],
+    "cls_t0.01_to_0.04": ["--config_overrides", "folk_head_pooling=cls,folk_teacher_temperature=0.04,folk_warmup_teacher_temperature=0.01,"
+                          "folk_teacher_temperature_warmup_ratio=0.5"],
+    "cls_t0.04_frozen": ["--config_overrides", "folk_head_pooling=cls,folk_teacher_temperature=0.04,folk_freeze_prototypes_ratio=1.0"],
+    "mean_t0.04": ["--config_overrides", "folk_teacher_temperature=0.04"],
+    "mean_t0.03": ["--config_overrides", "folk_teacher_temperature=0.03"],
     "default": [],
-    "default_freeze0.1": ["--folk_freeze_prototypes_ratio", "0.1"],
-    "default_m0.99": ["--folk_ema_momentum", "0.99"],
+    "default_freeze0.1": ["--config_overrides", "folk_freeze_prototypes_ratio=0.1"],
+    "default_m0.99": ["--config_overrides", "folk_ema_momentum=0.99"],
     "default_lr5e-4": ["--learning_rate", "5e-4"],
 }
 
@@ -62,7 +57,7 @@ def initial_statistics(model_name: str, images: torch.Tensor, seed: int) -> list
     rows = []
     for normalized in (False, True):
         torch.manual_seed(seed)
-        model = FOLKViTForPreTraining(resolve_config(model_name, corruption="informed", folk_normalize_prototypes=normalized,
+        model = FOLKViTForPreTraining(resolve_config(model_name, pretext_task="informed", folk_normalize_prototypes=normalized,
                                                      folk_head_pooling="cls")).eval()
         config = model.config
         logits = model.teacher_head(model.head_features(model.teacher(normalize(images, config))))
@@ -87,7 +82,7 @@ def head_input_spread(model_name: str, images: torch.Tensor, seed: int) -> dict[
     """How much the features a head reads differ between images at initialisation: after
     centring, only this spread can make the teacher's targets differ."""
     torch.manual_seed(seed)
-    model = FOLKViTForPreTraining(resolve_config(model_name, corruption="informed")).eval()
+    model = FOLKViTForPreTraining(resolve_config(model_name, pretext_task="informed")).eval()
     encoded = model.teacher(normalize(images, model.config))
     spread = {}
     for pooling in ("cls", "mean"):

@@ -11,27 +11,26 @@ Budget-driven choices, the same for every method: no Mixup/CutMix/RandAugment/er
 these short fine-tunings, and FOLK's teacher momentum starts at 0.95 instead of 0.996 (with a
 few hundred steps, a 0.996 teacher would barely leave its initialisation).
 
-    python benchmarks/frequency_pretraining_study.py --output_dir outputs/study
+    python -m benchmarks.frequency_pretraining_study --output_dir outputs/study
 """
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-import run_classification  # noqa: E402
-import run_few_shot  # noqa: E402
-import run_pretraining  # noqa: E402
-
-from mfm_hub import MFMViTConfig, MFMViTModel  # noqa: E402
-from mfm_hub.arguments import guard_output_dir  # noqa: E402
-from mfm_hub.visualization import plt  # noqa: E402
+from mfm_hub import MFMViTConfig, MFMViTModel
+from mfm_hub.arguments import guard_output_dir
+from mfm_hub.pretraining import method_flags
+from mfm_hub.visualization import plt
+from training import (
+    run_classification,
+    run_few_shot,
+    run_pretraining,
+)
 
 METHODS = ["scratch", "mfm", "folk", "sr", "deblur", "denoise"]
 SMALL_VIT = dict(image_size=32, patch_size=4, hidden_size=96, num_hidden_layers=6, num_attention_heads=3)
@@ -50,7 +49,7 @@ def run(method: str, seed: int, args, out: Path) -> dict:
             [
                 "--model",
                 str(config),
-                *run_pretraining.method_flags(method),
+                *method_flags(method),
                 "--output_dir",
                 str(encoder),
                 "--max_steps",
@@ -67,10 +66,8 @@ def run(method: str, seed: int, args, out: Path) -> dict:
                 "25",
                 "--num_figure_images",
                 "4",
-                "--folk_head_output_dim",
-                "1024",
-                "--folk_ema_momentum",
-                "0.95",
+                "--config_overrides",
+                "folk_head_output_dim=1024,folk_ema_momentum=0.95",
                 *common,
             ]
         )

@@ -2,11 +2,11 @@
 """Pre-training throughput: images/s, peak memory, achieved FLOP/s and its share of the
 machine's measured matmul peak, and the share of the step spent in masking + loss.
 
-    python benchmarks/pretrain_throughput.py                       # the README's CPU table
-    python benchmarks/pretrain_throughput.py --models vit-base-patch16-224 --batch-size 128 --dtypes bf16
-    python benchmarks/pretrain_throughput.py --objectives mfm folk     # FOLK / MFM step time, FLOP and memory ratios
-    python benchmarks/pretrain_throughput.py --side-by-side            # ours against the official structure
-    python benchmarks/pretrain_throughput.py --side-by-side ours-sdpa ours-math --models vit-small-patch16-224
+    python -m benchmarks.pretrain_throughput                       # the CPU table of docs/SPEED.md
+    python -m benchmarks.pretrain_throughput --models vit-base-patch16-224 --batch-size 128 --dtypes bf16
+    python -m benchmarks.pretrain_throughput --objectives mfm folk     # FOLK / MFM step time, FLOP and memory ratios
+    python -m benchmarks.pretrain_throughput --side-by-side            # ours against the official structure
+    python -m benchmarks.pretrain_throughput --side-by-side ours-sdpa ours-math --models vit-small-patch16-224
 
 One training step = forward (corruption, encoder, decoder, frequency loss) + backward +
 AdamW update. FLOPs are counted by `torch.utils.flop_counter` on one step (matmuls and
@@ -45,12 +45,10 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForPreTraining
 
+from benchmarks.reference_mfm import HostMasks, ReferenceMFM, official_resnet50, official_vit
 from mfm_hub import MFMResNetConfig, MFMViTConfig, config_from_preset, family_of
 from mfm_hub.allocator import keep_freed_memory
 from mfm_hub.modeling_common import corrupt, normalize, reconstruction_loss
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_mfm import HostMasks, ReferenceMFM, official_resnet50, official_vit  # noqa: E402
 
 DEFAULT_MODELS = ["vit-small-patch16-224", "resnet50", "swin-tiny-patch4-window7-224", "vit-tiny-patch4-32"]
 SIDE_BY_SIDE_MODELS = ["vit-small-patch16-224", "resnet50"]
@@ -227,7 +225,7 @@ def step_flops(step: Step) -> int:
 
 def benchmark(name, dtype_name, batch_size, device, steps, compile_model, objective="mfm"):
     is_folk = objective == "folk"
-    config = config_from_preset(name, **({"corruption": "informed"} if is_folk else {}))
+    config = config_from_preset(name, **({"pretext_task": "informed"} if is_folk else {}))
     views = (2,) if is_folk else ()
     pixels = torch.rand(batch_size, *views, 3, config.image_size, config.image_size, device=device)
     step = our_step(config, pixels, dtype_name, objective, compile_model=compile_model)
@@ -295,10 +293,11 @@ def side_by_side(name, dtype_name, batch_size, device, rounds, contenders, peak)
 
 def run_isolated(name, dtype_name, batch, steps, compile_model, objective, glibc_defaults):
     """Each configuration runs in a fresh process so that peak memory is its own."""
-    command = [sys.executable, __file__, "--single", name, dtype_name, str(batch), "--steps", str(steps), "--objectives", objective]
+    command = [sys.executable, "-m", "benchmarks.pretrain_throughput", "--single", name, dtype_name, str(batch), "--steps", str(steps),
+               "--objectives", objective]
     command += ["--compile"] if compile_model else []
     command += ["--glibc-defaults"] if glibc_defaults else []
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

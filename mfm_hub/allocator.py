@@ -2,13 +2,11 @@
 
 PyTorch allocates CPU tensors with ``malloc``. glibc serves large blocks with ``mmap`` (the
 threshold adapts, up to 32 MiB) and returns freed memory at the top of the heap to the
-kernel, so every training step maps its activations afresh and touches them in page by page:
-51,000 page faults per ViT-S/16 bf16 step at batch 8, 103,000 per ``vit-tiny-patch4-32`` fp32
-step at batch 64; with the settings below, none once the heap has grown to the step's
-working set (in the first few steps). On the README's 2-core CPU that made the
-pre-training step 1.07x (ViT-S/16 bf16), 1.12x (ViT-S/16 fp32) and 1.08-1.09x
-(``vit-tiny-patch4-32``) faster, with the same peak memory within 2% (README, "Speed").
-The process keeps what it freed mapped until it exits, which a training process does anyway.
+kernel, so every training step maps its activations afresh and touches them in page by page
+(tens of thousands of page faults per step); with the settings below, none once the heap has
+grown to the step's working set (in the first few steps). The step gets faster at the same
+peak memory (figures in docs/SPEED.md). The process keeps what it freed mapped until it
+exits, which a training process does anyway.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from transformers import HfArgumentParser
 from .allocator import keep_freed_memory
 from .folder_lock import claim_folder, holds_folder, release_folder
 from .trainer import newest_complete_checkpoint
+from .validation import require, require_at_least
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -74,13 +77,17 @@ def _convert_one(action: argparse.Action, key: str, item: Any, path: Path) -> An
     return result
 
 
-def config_file_values(parser: HfArgumentParser, path: str | Path) -> dict[str, Any]:
+def config_file_values(parser: HfArgumentParser, path: str | Path, renamed: dict[str, str] | None = None) -> dict[str, Any]:
     """The values of a YAML / JSON run configuration, each checked and converted like its
-    command-line flag; an unknown key is an error that lists them. Give them to
-    ``parser.set_defaults`` so that flags after the file still override it."""
+    command-line flag (keys of earlier releases upgraded, `upgrade_old_arguments`); an
+    unknown key is an error that lists them. Give them to ``parser.set_defaults`` so that
+    flags after the file still override it."""
     path = Path(path)
     content = read_config_file(path)
     actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    content, old_fields = upgrade_old_arguments(content, set(actions), renamed or {}, str(path))
+    if old_fields:
+        content["config_overrides"] = {**parse_config_overrides(content.get("config_overrides")), **old_fields}
     unknown = sorted(set(content) - set(actions))
     if unknown:
         raise ValueError(f"{path}: unknown arguments {unknown}; see `--help` for the accepted names.")
@@ -88,6 +95,67 @@ def config_file_values(parser: HfArgumentParser, path: str | Path) -> dict[str, 
     annotations = {name: str(annotation) for kind in parser.dataclass_types for klass in reversed(kind.__mro__)
                    for name, annotation in vars(klass).get("__annotations__", {}).items()}
     return {key: _convert(actions[key], key, value, path, annotations.get(key, "")) for key, value in content.items()}
+
+
+def parse_config_overrides(value: str | dict | None) -> dict[str, Any]:
+    """``--config_overrides``: ``name=value,name=value`` as transformers' example scripts take it
+    (each value read as JSON where it parses: numbers, ``true`` / ``false``, ``null``, ``[lists]``;
+    else as a string), or a mapping (a YAML file's). The config checks names and values."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    overrides = {}
+    for item in filter(None, (part.strip() for part in re.split(r",(?![^\[]*\])", value))):  # commas inside [...] belong to a list
+        name, separator, text = item.partition("=")
+        if not separator or not name.strip():
+            raise ValueError(f"--config_overrides takes name=value pairs separated by commas, got {item!r} in {value!r}.")
+        try:
+            overrides[name.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[name.strip()] = text.strip()
+    return overrides
+
+
+def upgrade_old_arguments(values: dict[str, Any], known: set[str], renamed: dict[str, str], where: str,
+                          prefix: str = "") -> tuple[dict[str, Any], dict]:
+    """``values`` (argument name -> value) with the names of earlier releases upgraded, each with
+    a deprecation warning: a renamed argument under its new name, and a config field that had
+    a flag of its own (``folk_ema_momentum``) returned apart, for ``config_overrides``."""
+    from .families import config_fields  # the families import every model; this module is also read without them
+
+    upgraded, fields = {}, {}
+    for name, value in values.items():
+        if name in renamed:
+            warnings.warn(f"{where}: `{prefix}{name}` is now `{prefix}{renamed[name]}`.", FutureWarning, stacklevel=3)
+            upgraded[renamed[name]] = value
+        elif name not in known and name in config_fields():
+            warnings.warn(f"{where}: the config field `{name}` is now set with {prefix}config_overrides ({name}={value}).",
+                          FutureWarning, stacklevel=3)
+            fields[name] = value
+        else:
+            upgraded[name] = value
+    return upgraded, fields
+
+
+def upgrade_old_flags(argv: list[str], parser: HfArgumentParser, renamed: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
+    """`upgrade_old_arguments` for a command line: ``argv`` with renamed flags upgraded and the
+    old config-field flags (``--name value`` or ``--name=value``) taken out, and those fields."""
+    from .families import config_fields
+
+    known = {action.dest for action in parser._actions}
+    upgraded, fields, index = [], {}, 0
+    while index < len(argv):
+        token = argv[index]
+        name, has_value, inline = token[2:].partition("=") if token.startswith("--") else ("", False, "")
+        if name in renamed or (name not in known and name in config_fields()):
+            value = inline if has_value else argv[index + 1] if index + 1 < len(argv) else ""
+            index += 1 if has_value else 2
+            new, old_fields = upgrade_old_arguments({name: value}, known, renamed, "command line", prefix="--")
+            fields.update({field: parse_config_overrides(f"{field}={text}")[field] for field, text in old_fields.items()})
+            upgraded += [part for new_name, new_value in new.items() for part in (f"--{new_name}", new_value)]
+            continue
+        upgraded.append(token)
+        index += 1
+    return upgraded, fields
 
 
 def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False, flag: str = "--overwrite_output_dir") -> None:
@@ -117,19 +185,6 @@ def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = F
     )
 
 
-def require(condition: bool, argument: str, value: Any, allowed: str) -> None:
-    """Refuse a script argument that cannot give a meaningful result, naming it and what is allowed."""
-    if not condition:
-        raise ValueError(f"{argument} must be {allowed}, got {value!r}.")
-
-
-def require_at_least(arguments: object, minimum: int, *names: str) -> None:
-    """Each of ``names`` (attributes of ``arguments``) is None or an int >= ``minimum``."""
-    for name in names:
-        value = getattr(arguments, name)
-        require(value is None or (isinstance(value, int) and value >= minimum), f"--{name}", value, f"an integer >= {minimum}")
-
-
 def check_training_arguments(args) -> None:
     """What every script's `TrainingArguments` must hold to train at all: a batch, an
     accumulation count and some steps or epochs (transformers otherwise fails deep inside,
@@ -139,9 +194,6 @@ def check_training_arguments(args) -> None:
             "a positive number of steps or epochs")
     require(args.learning_rate is None or args.learning_rate > 0, "--learning_rate", args.learning_rate, "> 0")
 
-
-__all__ = ["CONFIG_SUFFIXES", "check_training_arguments", "config_file_values", "guard_output_dir", "read_config_file", "require",
-           "require_at_least"]
 
 
 def setup_training_process(args) -> None:
@@ -174,3 +226,8 @@ def resolve_learning_rate(args) -> float:
         total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         args.learning_rate = args.base_learning_rate * total_batch / 512
     return args.learning_rate
+
+
+__all__ = ["CONFIG_SUFFIXES", "check_training_arguments", "config_file_values", "guard_output_dir", "parse_config_overrides",
+           "read_config_file", "resolve_learning_rate", "setup_training_process", "upgrade_old_arguments",
+           "upgrade_old_flags"]

@@ -4,12 +4,10 @@ compute dtype, by measurement.
 Both kernels compute the same function (softmax(q k^T / sqrt(d)) v); they differ in speed.
 PyTorch's fused ``scaled_dot_product_attention`` ("sdpa") is the faster kernel in fp32 on
 CPU, but under bf16 autocast writing the attention out as two matmuls and a softmax ("math")
-is faster: on the README's 2-core CPU the whole pre-training step ran 1.25x faster with math
-for ViT-S/16 (batch 8) and 1.80x for ``vit-tiny-patch4-32`` (batch 64), while in fp32 sdpa
-was 1.02x and 1.00x as fast as math. The table below records those measurements
-(``python benchmarks/pretrain_throughput.py --side-by-side ours-sdpa ours-math``); "auto"
-follows it. Anything not measured (CUDA included: no GPU was lent to this project) uses
-sdpa, PyTorch's own choice.
+is faster. The table below records which kernel measured fastest where (figures in
+docs/SPEED.md, from ``python -m benchmarks.pretrain_throughput --side-by-side ours-sdpa
+ours-math``); "auto" follows it. Anything not measured (CUDA included) uses sdpa, PyTorch's
+own choice.
 """
 
 from __future__ import annotations

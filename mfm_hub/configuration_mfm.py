@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
+from transformers.utils import logging
 
 from .attention import ATTENTION_BACKENDS
 from .pretext import PRETEXT_TASKS, get_pretext_task
-from .pretext import check as _check
+from .validation import check as _check
+
+logger = logging.get_logger(__name__)
 
 #: How a field's annotation is checked, and how the error names it.
 _SCALAR_TYPES = {
@@ -55,68 +59,110 @@ def _describe(annotation: str) -> str:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RECONSTRUCTION_TARGETS = ("masked", "all")
+LOSS_TARGETS = ("masked", "all")
+#: Fields renamed since checkpoints were first saved (old name -> name now); old files still load.
+RENAMED_FIELDS = {"corruption": "pretext_task", "reconstruction_target": "loss_target"}
 
 
 class MFMConfigBase(PreTrainedConfig):
-    r"""Fields shared by every MFM model: the input images and the pre-training objective.
+    r"""Fields shared by every MFM model: the input images and the pre-training objective. The
+    FOLK values are this project's documented defaults where the paper leaves them open
+    (docs/FOLK.md).
 
-    image_size (`int`): side of the square training images; other sizes work at inference
-        (position embeddings are interpolated) as long as they are divisible by the stride.
-    num_channels (`int`): input channels (3).
-    image_mean, image_std (`tuple[float]`): normalisation applied *after* corruption
-        (ImageNet statistics, as in the papers).
-    corruption (`str`): the pretext task (`mfm_hub.pretext`) applied to the input:
-        ``"mfm"`` (circle low/high-pass, the MFM paper), ``"informed"`` (FOLK's Com/RCom
-        filters), ``"sr"``, ``"deblur"`` or ``"denoise"`` (the paper's baselines), or a
-        registered task.
-    mask_radius, mask_radius_outer (`float`): the MFM circle in spectrum pixels of a 224-px
-        image (16 and 999 officially); scaled with the image side, see
-        `mfm_hub.frequency.circle_mask`.
-    low_pass_prob (`float`): probability that an image is low-passed (0.5 for ViT, 0.3 for
-        ResNet-50 officially).
-    informed_keep_ratios (`tuple[float]`): fractions of highest-magnitude frequencies that
-        Com keeps (RCom removes); one is drawn per image.
-    compress_prob (`float`): probability of Com (else RCom) per image.
-    reconstruction_target (`str`): ``"masked"`` (loss on removed frequencies only, the
-        official MFM setting) or ``"all"``; defaults to ``"masked"`` for frequency masks and
-        ``"all"`` for the SR/deblur/denoise baselines.
-    sr_factor (`int`), blur_sigma (`float`), blur_kernel_sizes (`tuple[int]`),
-        noise_sigma (`float`): the baselines' corruption parameters (8; 5; 7..21; 75/255).
-    loss_gamma, focal_weighting, focal_matrix_gamma, focal_log_matrix, focal_batch_matrix:
-        options of the focal frequency loss; MFM uses gamma 1 and no weighting.
-    initializer_range (`float`): std of the truncated-normal init of linear layers.
-    folk_head_hidden_dim, folk_head_bottleneck_dim, folk_head_output_dim (`int`): FOLK's
-        projection head (DINO-style MLP -> L2-normalised bottleneck -> prototypes).
-    folk_student_temperature, folk_teacher_temperature (`float`): softmax temperatures (0.1, 0.02;
-        DINO's teacher uses 0.04, which left the targets near uniform here, see docs/FOLK.md).
-    folk_warmup_teacher_temperature (`float`), folk_teacher_temperature_warmup_ratio (`float`):
-        the teacher temperature starts at the first and rises linearly to
-        ``folk_teacher_temperature`` over this fraction of the run (DINO's warm-up).
-    folk_normalize_prototypes (`bool`): use the prototypes at unit norm (DINO's
-        weight-normalised last layer), so logits stay cosines whatever their raw scale.
-    folk_freeze_prototypes_ratio (`float`): the student's prototypes are not updated during
-        this first fraction of the run (DINO freezes its last layer for the first epoch).
-    folk_center_momentum (`float`): EMA momentum of the teacher-output centre (0.9).
-    folk_ema_momentum (`float`): teacher EMA momentum at the start, raised to 1.0 on a cosine
-        schedule over the run (0.996).
-    folk_distillation_weight, folk_reconstruction_weight (`float`): loss weights (1, 1).
-    folk_export (`str`): which encoder a FOLK run exports, ``"teacher"`` or ``"student"``.
-    The FOLK values are this project's documented defaults: the paper leaves them open
-    (see docs/FOLK.md).
+    Args:
+        image_size (`int`, *optional*, defaults to 224):
+            Side of the square training images. Other sizes work at inference (position
+            embeddings are interpolated) as long as they are divisible by the encoder stride.
+        num_channels (`int`, *optional*, defaults to 3):
+            Input channels, 1 or 3.
+        image_mean (`tuple[float]`, *optional*, defaults to the ImageNet mean):
+            Per-channel mean subtracted *after* the pretext task corrupts the image.
+        image_std (`tuple[float]`, *optional*, defaults to the ImageNet std):
+            Per-channel std divided by after the corruption.
+        pretext_task (`str`, *optional*, defaults to `"mfm"`):
+            The pretext task (`mfm_hub.pretext`) applied to the input: `"mfm"` (circle
+            low/high-pass, the MFM paper), `"informed"` (FOLK's Com/RCom filters), `"sr"`,
+            `"deblur"` or `"denoise"` (the MFM paper's baselines), or a registered task.
+        mask_radius (`float`, *optional*, defaults to 16.0):
+            Inner radius of the MFM circle, in spectrum pixels of a 224-px image (scaled with
+            the image side, `mfm_hub.frequency.circle_mask`).
+        mask_radius_outer (`float`, *optional*, defaults to 999.0):
+            Outer radius of the MFM circle (the official code's 999 keeps every frequency).
+        low_pass_prob (`float`, *optional*, defaults to 0.5):
+            Probability that an image is low-passed rather than high-passed (0.3 for ResNet).
+        informed_keep_ratios (`tuple[float]`, *optional*, defaults to `(0.005, 0.01, 0.05)`):
+            Fractions of highest-magnitude frequencies that Com keeps (RCom removes); one is
+            drawn per image.
+        compress_prob (`float`, *optional*, defaults to 0.5):
+            Probability of Com (else RCom) per image.
+        loss_target (`str`, *optional*, defaults to `None`):
+            `"masked"` (the loss on removed frequencies only, the official MFM setting) or
+            `"all"`. `None` takes the pretext task's (`PretextTask.loss_target`: `"masked"` for
+            frequency masks, `"all"` for SR / deblur / denoise), so it follows a change of
+            `pretext_task`.
+        sr_factor (`int`, *optional*, defaults to 8):
+            SR baseline: down-sampling factor.
+        blur_sigma (`float`, *optional*, defaults to 5.0):
+            Deblur baseline: Gaussian sigma.
+        blur_kernel_sizes (`tuple[int]`, *optional*, defaults to `(7, 9, ..., 21)`):
+            Deblur baseline: kernel sizes, one drawn per image.
+        noise_sigma (`float`, *optional*, defaults to 75/255):
+            Denoise baseline: noise sigma on [0, 1] images.
+        loss_gamma (`float`, *optional*, defaults to 1.0):
+            Exponent of the frequency distance (focal frequency loss; MFM uses 1).
+        focal_weighting (`bool`, *optional*, defaults to `False`):
+            Weight frequencies by their own error (the focal frequency loss; off in MFM).
+        focal_matrix_gamma (`float`, *optional*, defaults to 1.0):
+            Exponent of the focal weight matrix.
+        focal_log_matrix (`bool`, *optional*, defaults to `False`):
+            Take the log of the focal weight matrix.
+        focal_batch_matrix (`bool`, *optional*, defaults to `False`):
+            Normalise the focal weight matrix over the batch instead of per image.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Std of the truncated-normal initialisation of linear layers.
+        folk_head_hidden_dim (`int`, *optional*, defaults to 2048):
+            FOLK: hidden width of the projection heads (DINO-style MLP).
+        folk_head_bottleneck_dim (`int`, *optional*, defaults to 256):
+            FOLK: the L2-normalised bottleneck before the prototypes.
+        folk_head_output_dim (`int`, *optional*, defaults to 4096):
+            FOLK: number of prototypes K.
+        folk_student_temperature (`float`, *optional*, defaults to 0.1):
+            FOLK: student softmax temperature.
+        folk_teacher_temperature (`float`, *optional*, defaults to 0.02):
+            FOLK: teacher softmax temperature (DINO's 0.04 left the targets near uniform here).
+        folk_warmup_teacher_temperature (`float`, *optional*, defaults to 0.02):
+            FOLK: teacher temperature at the start of its warm-up.
+        folk_teacher_temperature_warmup_ratio (`float`, *optional*, defaults to 0.0):
+            FOLK: fraction of the run over which the teacher temperature rises linearly to
+            `folk_teacher_temperature` (DINO's warm-up; 0 disables it).
+        folk_normalize_prototypes (`bool`, *optional*, defaults to `True`):
+            FOLK: use the prototypes at unit norm (DINO's weight-normalised last layer), so
+            logits stay cosines whatever their raw scale.
+        folk_freeze_prototypes_ratio (`float`, *optional*, defaults to 0.0):
+            FOLK: the student's prototypes are not updated during this first fraction of the run.
+        folk_center_momentum (`float`, *optional*, defaults to 0.9):
+            FOLK: EMA momentum of the teacher-output centre.
+        folk_ema_momentum (`float`, *optional*, defaults to 0.996):
+            FOLK: teacher EMA momentum at the start, raised to 1 on a cosine schedule.
+        folk_distillation_weight (`float`, *optional*, defaults to 1.0):
+            FOLK: weight of the distillation loss.
+        folk_reconstruction_weight (`float`, *optional*, defaults to 1.0):
+            FOLK: weight of the reconstruction loss.
+        folk_export (`str`, *optional*, defaults to `"teacher"`):
+            FOLK: the encoder a run exports, `"teacher"` or `"student"`.
     """
 
     image_size: int = 224
     num_channels: int = 3
     image_mean: tuple[float, ...] | list[float] = IMAGENET_MEAN
     image_std: tuple[float, ...] | list[float] = IMAGENET_STD
-    corruption: str = "mfm"
+    pretext_task: str = "mfm"
     mask_radius: float = 16.0
     mask_radius_outer: float = 999.0
     low_pass_prob: float = 0.5
     informed_keep_ratios: tuple[float, ...] | list[float] = (0.005, 0.01, 0.05)
     compress_prob: float = 0.5
-    reconstruction_target: str | None = None
+    loss_target: str | None = None
     sr_factor: int = 8
     blur_sigma: float = 5.0
     blur_kernel_sizes: tuple[int, ...] | list[int] = (7, 9, 11, 13, 15, 17, 19, 21)
@@ -158,6 +204,10 @@ class MFMConfigBase(PreTrainedConfig):
                 )
 
     def __post_init__(self, **kwargs):
+        for old, new in RENAMED_FIELDS.items():
+            if old in kwargs:
+                logger.warning_once(f"The config field `{old}` is now `{new}`; the old name is read as the new one.")
+                setattr(self, new, kwargs.pop(old))
         self.check_field_types()
         _check(isinstance(self.image_size, int) and self.image_size > 0, f"`image_size` must be a positive int, got {self.image_size!r}.")
         _check(self.num_channels in (1, 3), f"`num_channels` must be 1 or 3, got {self.num_channels!r}.")
@@ -166,17 +216,17 @@ class MFMConfigBase(PreTrainedConfig):
             f"`image_mean`/`image_std` need {self.num_channels} values, got {list(self.image_mean)} / {list(self.image_std)}.",
         )
         _check(all(s > 0 for s in self.image_std), f"`image_std` must be positive, got {list(self.image_std)}.")
-        _check(self.corruption in PRETEXT_TASKS, f"`corruption` must be one of {tuple(PRETEXT_TASKS)}, got {self.corruption!r}.")
-        for task in PRETEXT_TASKS.values():  # every task's parameters, so switching `corruption` later stays valid
+        _check(self.pretext_task in PRETEXT_TASKS, f"`pretext_task` must be one of {tuple(PRETEXT_TASKS)}, got {self.pretext_task!r}.")
+        for task in PRETEXT_TASKS.values():  # every task's parameters, so switching `pretext_task` later stays valid
             task.check(self)
         _check(
-            self.reconstruction_target in (None, *RECONSTRUCTION_TARGETS),
-            f"`reconstruction_target` must be one of {RECONSTRUCTION_TARGETS} (or None for the corruption's default), "
-            f"got {self.reconstruction_target!r}.",
+            self.loss_target in (None, *LOSS_TARGETS),
+            f"`loss_target` must be one of {LOSS_TARGETS} (or None for the pretext task's default), "
+            f"got {self.loss_target!r}.",
         )
         _check(
-            self.reconstruction_target != "masked" or get_pretext_task(self.corruption).frequency_mask,
-            f"`reconstruction_target='masked'` needs a frequency-mask corruption, not {self.corruption!r}.",
+            self.loss_target != "masked" or get_pretext_task(self.pretext_task).masks_frequencies,
+            f"`loss_target='masked'` needs a frequency-mask pretext task, not {self.pretext_task!r}.",
         )
         _check(self.loss_gamma > 0, f"`loss_gamma` must be > 0, got {self.loss_gamma!r}.")
         for name in ("folk_head_hidden_dim", "folk_head_bottleneck_dim", "folk_head_output_dim"):
@@ -202,43 +252,71 @@ class MFMConfigBase(PreTrainedConfig):
             out_features = ["stage1", "stage2", "stage3", "stage4"]
         self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
 
-    @property
-    def loss_target(self) -> str:
-        """The reconstruction target in force: ``reconstruction_target``, or by default
-        ``"masked"`` for frequency masks and ``"all"`` for the SR/deblur/denoise baselines
-        (derived, not stored, so it follows a later change of ``corruption``)."""
-        return self.reconstruction_target or get_pretext_task(self.corruption).default_loss_target
 
 
 class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
-    r"""Configuration of an MFM Vision Transformer (BEiT-style layout of the official MFM code:
+    r"""Configuration of an MFM Vision Transformer (the official MFM code's BEiT-style layout:
     absolute position embedding + cls token, separate q/v biases, no relative position bias).
+    The fields every family shares are documented in `MFMConfigBase`.
 
-    patch_size (`int`), hidden_size (`int`), num_hidden_layers (`int`),
-    num_attention_heads (`int`), mlp_ratio (`float`): the transformer's shape.
-    qkv_bias (`bool`): learn q and v biases (k has none), as BEiT.
-    layer_norm_eps (`float`): 1e-6 as in the official code.
-    layer_scale_init_value (`float`, *optional*): LayerScale init; ``None`` (MFM) disables it.
-    drop_path_rate, hidden_dropout_prob, attention_dropout_prob (`float`): regularisation.
-    use_mean_pooling (`bool`): the official fine-tuning layout: ``pooler_output`` =
-        ``fc_norm(mean(patch tokens))`` and no final norm. ``False`` keeps the pre-training
-        final norm and pools as ``pooling`` says.
-    pooling (`str`): ``pooler_output`` with the final norm kept: ``"mean"`` (the mean of the
-        normed patch tokens, what MFM trains and our evaluation reads; the default) or
-        ``"cls"`` (the cls token, which MFM pre-training never trains). Checkpoints saved
-        before this field existed load with ``"cls"``, the pooling they were saved with.
-    out_features / out_indices: stages returned by `MFMViTBackbone` (``stem`` is the patch
-        embedding, ``stageN`` the output of block N); defaults to 4 evenly spaced blocks.
-    add_fpn (`bool`): turn four stride-p maps into strides p/4, p/2, p, 2p (BEiT's
-        segmentation neck) so UperNet gets a feature pyramid; defaults to ``True`` when the
-        model has at least 4 blocks.
-    folk_head_pooling (`str`): what FOLK's projection heads read: ``"mean"`` (the mean of
-        the final patch tokens, the features the reconstruction shapes and the evaluation
-        uses) or ``"cls"`` (the cls token, as DINO / iBOT).
-    attention_backend (`str`): the attention kernel: ``"auto"`` (per call, the kernel measured
-        fastest for the device and compute dtype, `mfm_hub.attention`), ``"sdpa"`` (PyTorch's
-        fused kernel) or ``"math"`` (matmul + softmax, as BEiT writes it). Loading with
-        transformers' ``attn_implementation="eager"`` means ``"math"``.
+    Args:
+        patch_size (`int`, *optional*, defaults to 16):
+            Side of a patch; the encoder stride.
+        hidden_size (`int`, *optional*, defaults to 768):
+            Width of the transformer.
+        num_hidden_layers (`int`, *optional*, defaults to 12):
+            Number of blocks.
+        num_attention_heads (`int`, *optional*, defaults to 12):
+            Attention heads per block; must divide `hidden_size`.
+        mlp_ratio (`float`, *optional*, defaults to 4.0):
+            Width of the MLP relative to `hidden_size`.
+        qkv_bias (`bool`, *optional*, defaults to `True`):
+            Learn q and v biases (k has none), as BEiT.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            LayerNorm epsilon, as in the official code.
+        layer_scale_init_value (`float`, *optional*, defaults to `None`):
+            LayerScale initial value; `None` (MFM) disables LayerScale.
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic depth (0 in MFM pre-training, 0.1 in its fine-tuning).
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout after the attention projection and the MLP.
+        attention_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout of the attention weights.
+        use_mean_pooling (`bool`, *optional*, defaults to `False`):
+            The official fine-tuning layout: `pooler_output` is `fc_norm(mean(patch tokens))`
+            and there is no final norm. `False` keeps the pre-training final norm and pools as
+            `pooling` says.
+        pooling (`str`, *optional*, defaults to `"mean"`):
+            `pooler_output` with the final norm kept: `"mean"` (the mean of the normed patch
+            tokens, what MFM trains and our evaluation reads) or `"cls"` (the cls token, which
+            MFM pre-training never trains). Checkpoints saved before this field existed load
+            with `"cls"`, the pooling they were saved with.
+        add_fpn (`bool`, *optional*, defaults to `None`):
+            Turn four stride-p maps into strides p/4, p/2, p, 2p (BEiT's segmentation neck) so
+            UperNet gets a feature pyramid; `None` means `True` when there are 4 `out_indices`.
+        folk_head_pooling (`str`, *optional*, defaults to `"mean"`):
+            What FOLK's projection heads read: `"mean"` (the mean of the final patch tokens) or
+            `"cls"` (the cls token, as DINO / iBOT).
+        attention_backend (`str`, *optional*, defaults to `"auto"`):
+            The attention kernel: `"auto"` (per call, the kernel measured fastest for the
+            device and compute dtype, `mfm_hub.attention`), `"sdpa"` (PyTorch's fused kernel)
+            or `"math"` (matmul + softmax, as BEiT writes it). Loading with transformers'
+            `attn_implementation="eager"` means `"math"`.
+        out_features (`list[str]`, *optional*):
+            Stages `MFMViTBackbone` returns (`stem` is the patch embedding, `stageN` the output
+            of block N); defaults to 4 evenly spaced blocks. Or `out_indices` (`list[int]`).
+
+    Example:
+
+    ```python
+    >>> from mfm_hub import MFMViTConfig, MFMViTForPreTraining
+
+    >>> config = MFMViTConfig(hidden_size=384, num_attention_heads=6, mask_radius=24)  # a ViT-S/16
+    >>> model = MFMViTForPreTraining(config)
+    >>> config.encoder_stride
+    16
+
+    ```
     """
 
     model_type = "mfm_vit"
@@ -319,14 +397,34 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
 
 
 class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
-    r"""Configuration of an MFM ResNet (timm's ResNet layout: ``conv1``, ``bn1``, ``layer1..4``).
+    r"""Configuration of an MFM ResNet (timm's ResNet layout: `conv1`, `bn1`, `layer1..4`). The
+    fields every family shares are documented in `MFMConfigBase`; `low_pass_prob` defaults to
+    0.3 here, the official ResNet-50 setting.
 
-    block_type (`str`): ``"bottleneck"`` (ResNet-50 and deeper) or ``"basic"`` (ResNet-18/34).
-    layers (`list[int]`): blocks per stage.
-    drop_path_rate (`float`): stochastic depth.
-    out_features / out_indices: stages returned by `MFMResNetBackbone` (``stem``,
-        ``stage1``..``stage4``; strides 4, 4, 8, 16, 32); defaults to the four stages.
-    low_pass_prob defaults to 0.3, the official ResNet-50 setting.
+    Args:
+        block_type (`str`, *optional*, defaults to `"bottleneck"`):
+            `"bottleneck"` (ResNet-50 and deeper) or `"basic"` (ResNet-18/34).
+        layers (`tuple[int]`, *optional*, defaults to `(3, 4, 6, 3)`):
+            Blocks per stage (four stages).
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic depth.
+        low_pass_prob (`float`, *optional*, defaults to 0.3):
+            Probability that an image is low-passed.
+        out_features (`list[str]`, *optional*):
+            Stages `MFMResNetBackbone` returns (`stem`, `stage1`..`stage4`; strides 4, 4, 8,
+            16, 32); defaults to the four stages. Or `out_indices` (`list[int]`).
+
+    Example:
+
+    ```python
+    >>> from mfm_hub import MFMResNetConfig, MFMResNetForPreTraining
+
+    >>> config = MFMResNetConfig(block_type="basic", layers=(2, 2, 2, 2))  # a ResNet-18
+    >>> model = MFMResNetForPreTraining(config)
+    >>> config.encoder_stride
+    32
+
+    ```
     """
 
     model_type = "mfm_resnet"
@@ -370,14 +468,42 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
 
 class MFMSwinConfig(BackboneConfigMixin, MFMConfigBase):
     r"""Configuration of an MFM Swin Transformer (timm's `SwinTransformer`; the official MFM
-    code's third encoder, SimMIM's Swin: patch 4, window 7, stride-32 feature map).
+    code's third encoder, SimMIM's Swin: patch 4, window 7, stride-32 feature map). The fields
+    every family shares are documented in `MFMConfigBase`.
 
-    patch_size (`int`), embed_dim (`int`), depths (`list[int]`), num_heads (`list[int]`),
-    window_size (`int`), mlp_ratio (`float`), qkv_bias (`bool`): the shape. Every stage's
-    grid (``image_size / patch_size / 2^i``) must be divisible by ``window_size``.
-    drop_path_rate (`float`): stochastic depth.
-    out_features / out_indices: stages returned by `MFMSwinBackbone` (``stage1..4``,
-    strides 4, 8, 16, 32); defaults to all four, the pyramid UperNet expects.
+    Args:
+        patch_size (`int`, *optional*, defaults to 4):
+            Side of a patch.
+        embed_dim (`int`, *optional*, defaults to 96):
+            Width of the first stage (doubled at every later stage).
+        depths (`tuple[int]`, *optional*, defaults to `(2, 2, 6, 2)`):
+            Blocks per stage (four stages).
+        num_heads (`tuple[int]`, *optional*, defaults to `(3, 6, 12, 24)`):
+            Attention heads per stage.
+        window_size (`int`, *optional*, defaults to 7):
+            Attention window; every stage's grid (`image_size / patch_size / 2^i`) must be
+            divisible by it.
+        mlp_ratio (`float`, *optional*, defaults to 4.0):
+            Width of the MLP relative to the stage width.
+        qkv_bias (`bool`, *optional*, defaults to `True`):
+            Learn q, k and v biases.
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic depth.
+        out_features (`list[str]`, *optional*):
+            Stages `MFMSwinBackbone` returns (`stage1..4`, strides 4, 8, 16, 32); defaults to
+            all four, the pyramid UperNet expects. Or `out_indices` (`list[int]`).
+
+    Example:
+
+    ```python
+    >>> from mfm_hub import MFMSwinConfig, MFMSwinModel
+
+    >>> config = MFMSwinConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))  # a Swin-B
+    >>> model = MFMSwinModel(config)
+    >>> config.encoder_stride
+    32
+
+    ```
     """
 
     model_type = "mfm_swin"
@@ -484,6 +610,26 @@ def check_model_source(name_or_path: str, argument: str = "--model") -> None:
     )
 
 
+def config_field_names(config_class: type[PreTrainedConfig]) -> set[str]:
+    """The names a config of ``config_class`` takes (its fields, transformers' own and the
+    old names in `RENAMED_FIELDS`), without the ones transformers writes itself."""
+    saved = set(config_class().to_dict()) - {"_name_or_path", "model_type", "transformers_version"}
+    settable = {name for name in dir(config_class) if not name.startswith("_") and isinstance(getattr(config_class, name), property)
+                and getattr(config_class, name).fset is not None}  # e.g. transformers' num_labels
+    return saved | settable | {field.name for field in dataclasses.fields(config_class)} | set(RENAMED_FIELDS)
+
+
+def check_override_names(config_class: type[PreTrainedConfig], overrides: dict) -> None:
+    """Refuse a field ``config_class`` does not have (a config would keep it as a stray
+    attribute that nothing reads), naming the closest fields."""
+    known = config_field_names(config_class)
+    for name in overrides:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise ValueError(f"{config_class.__name__} has no field `{name}`.{hint}")
+
+
 def resolve_config(name_or_path: str, **overrides) -> MFMViTConfig | MFMResNetConfig:
     """A preset by name, else the config of a checkpoint folder, ``config.json`` or Hub id.
     Overrides are applied by rebuilding the config, so they go through its validation
@@ -492,6 +638,7 @@ def resolve_config(name_or_path: str, **overrides) -> MFMViTConfig | MFMResNetCo
         return config_from_preset(name_or_path, **overrides)
     check_model_source(name_or_path)
     saved = AutoConfig.from_pretrained(name_or_path)
+    check_override_names(type(saved), overrides)
     return type(saved).from_dict({**saved.to_dict(), **overrides}) if overrides else saved
 
 
@@ -500,8 +647,9 @@ def config_from_preset(name: str, **overrides) -> MFMViTConfig | MFMResNetConfig
     if name not in PRESETS:
         raise KeyError(f"Unknown preset {name!r}. Available presets: {', '.join(sorted(PRESETS))}.")
     config_class, fields = PRESETS[name]
+    check_override_names(config_class, overrides)
     return config_class(**{**fields, **overrides})
 
 
-__all__ = ["MFMConfigBase", "MFMResNetConfig", "MFMSwinConfig", "MFMViTConfig", "PRESETS", "check_model_source", "config_from_preset",
-           "resolve_config"]
+__all__ = ["MFMConfigBase", "MFMResNetConfig", "MFMSwinConfig", "MFMViTConfig", "PRESETS", "RENAMED_FIELDS", "check_model_source",
+           "check_override_names", "config_field_names", "config_from_preset", "resolve_config"]

@@ -213,9 +213,9 @@ def folder_splits(folder: str | Path) -> list[str]:
 
 def _load_imagefolder(folder: Path, images: list[Path], split: str, streaming: bool):
     """`datasets`' imagefolder. Given only a folder it infers splits by globbing dozens of
-    patterns over every file (34 s for CIFAR-10's 50,000 images, on every load); where there
-    is nothing to infer (no split sub-folders, no metadata file) the image list is passed
-    directly (7 s), with the same labels from the class folders."""
+    patterns over every file, on every load (slow for tens of thousands of images); where
+    there is nothing to infer (no split sub-folders, no metadata file) the image list is
+    passed directly, with the same labels from the class folders."""
     children = {child.name.lower() for child in folder.iterdir()}
     if children & SPLIT_FOLDERS.keys() or any(name.startswith("metadata.") for name in children):
         return datasets.load_dataset("imagefolder", data_dir=str(folder), split=split, streaming=streaming)

@@ -1,4 +1,4 @@
-"""Pieces shared by the MFM ViT and ResNet families: the output dataclass, input checks,
+"""Pieces shared by every MFM family (ViT, ResNet, Swin): the output dataclass, input checks,
 the corruption + frequency-loss objective, the linear decoder, and strict checkpoint loading."""
 
 from __future__ import annotations
@@ -182,18 +182,18 @@ def corrupt(
     generator: Optional[torch.Generator] = None,
     frequency_mask: Optional[torch.Tensor] = None,
 ) -> Corruption:
-    """Apply the pretext task ``config.corruption`` (`mfm_hub.pretext`) to a batch in [0, 1].
+    """Apply the pretext task ``config.pretext_task`` (`mfm_hub.pretext`) to a batch in [0, 1].
 
     For frequency-mask tasks a given ``frequency_mask`` ``(B, 1, H, W)`` replaces the sampled
     one (for reproducing a run or comparing implementations).
     """
-    task = get_pretext_task(config.corruption)
+    task = get_pretext_task(config.pretext_task)
     batch, _, height, width = pixel_values.shape
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(
             f"`generator` must be a torch.Generator (e.g. `torch.Generator().manual_seed(0)`), got {type(generator).__name__}."
         )
-    if not task.frequency_mask:
+    if not task.masks_frequencies:
         if frequency_mask is not None:
             raise ValueError(f"`frequency_mask` only applies to frequency-mask corruptions, not {task.name!r}.")
         return task.corrupt(pixel_values, config, generator)
@@ -221,7 +221,7 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, freq
         layout="onesided",
     )
     width = target.shape[-1]
-    if config.loss_target != "masked":
+    if (config.loss_target or get_pretext_task(config.pretext_task).loss_target) != "masked":
         return masked_frequency_loss(distance, None, onesided_width=width)
     # the loss is a sum over frequencies: the (small) mask moves to the FFT's order, not the spectrum
     return masked_frequency_loss(distance, torch.fft.ifftshift(frequency_mask, dim=(-2, -1)), onesided_width=width)

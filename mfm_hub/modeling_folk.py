@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import TrainerCallback
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
@@ -113,6 +114,25 @@ def prototypes_frozen(step: int, total_steps: int, config) -> bool:
     freezes its last layer in the first epoch: the prototypes move only once the features
     under them have started to organise)."""
     return step < config.folk_freeze_prototypes_ratio * total_steps
+
+
+class FOLKScheduleCallback(TrainerCallback):
+    """FOLK's per-step schedules in a Trainer, all functions of its global step (so a resumed
+    run continues exactly, and every DDP rank does the same): the teacher temperature is set
+    before each optimizer step, the student's prototypes sit out the steps
+    `prototypes_frozen` names, and after every optimizer step (once per accumulated batch)
+    the teacher moves towards the student with the cosine momentum schedule. The teacher and
+    centre live in the model's state dict, so checkpoints restore them."""
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        model.teacher_temperature = teacher_temperature(state.global_step, state.max_steps, model.config)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if prototypes_frozen(state.global_step, state.max_steps, model.config):
+            model.drop_prototype_gradients()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        model.update_teacher(ema_momentum(state.global_step, state.max_steps, model.config.folk_ema_momentum))
 
 
 def distribution_statistics(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -318,6 +338,7 @@ class FOLKSwinForPreTraining(FOLKForPreTraining):
 
 
 __all__ = [
+    "FOLKScheduleCallback",
     "FOLKForPreTraining",
     "FOLKPreTrainingOutput",
     "FOLKSwinForPreTraining",

@@ -37,8 +37,8 @@ class MFMResNetPreTrainedModel(MFMPreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Bottleneck", "BasicBlock"]
 
-    #: layout of the convolution weights and inputs: channels-last (NHWC) made the ResNet-50
-    #: pre-training step 1.13x (fp32) and 1.34x (bf16) faster on the README's CPU
+    #: layout of the convolution weights and inputs: channels-last (NHWC) makes the ResNet's
+    #: pre-training step faster on CPU in fp32 and bf16 (docs/SPEED.md)
     memory_format = torch.channels_last
 
     def post_init(self) -> None:

@@ -165,8 +165,8 @@ class MFMViTModel(MFMViTPreTrainedModel):
     def embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> patch tokens ``(B, H*W/p^2, D)``: timm's ``PatchEmbed`` (a
         stride-p convolution, no norm) computed as the linear map of each flattened p x p patch
-        it is, one matrix multiply with the same weights; on CPU this is 2.8x (bf16) and 1.2x
-        (fp32) faster forward + backward than the convolution at ViT-S/16, batch 8."""
+        it is, one matrix multiply with the same weights, which on CPU runs forward + backward
+        faster than the convolution (docs/SPEED.md)."""
         patch = self.config.patch_size
         batch, channels, height, width = pixel_values.shape
         patches = (

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from .frequency import add_gaussian_noise, circle_mask, downsample_upsample, gaussian_blur, informed_masks, sample_circle_masks
+from .validation import check
 
 
 @dataclass
@@ -56,8 +57,8 @@ class TaskParameter:
 
 @dataclass(frozen=True)
 class PretextTask:
-    """``corrupt(pixel_values, config, generator) -> Corruption``. A task with
-    ``frequency_mask=True`` samples a mask (``sample_mask(pixel_values, config, generator)``)
+    """``corrupt(pixel_values, config, generator) -> Corruption``. A task that
+    ``masks_frequencies`` samples a mask (``sample_mask(pixel_values, config, generator)``)
     that the model applies in the spectrum; a given mask then replaces the sampled one, and
     its loss can be restricted to the removed frequencies (``"masked"``, the default for
     such tasks; the others restore the whole image, ``"all"``). ``parameters`` are the config
@@ -72,12 +73,14 @@ class PretextTask:
     parameters: tuple[TaskParameter, ...] = ()
 
     @property
-    def frequency_mask(self) -> bool:
+    def masks_frequencies(self) -> bool:
+        """Whether the task removes frequencies with a mask (else it corrupts the pixels)."""
         return self.sample_mask is not None
 
     @property
-    def default_loss_target(self) -> str:
-        return "masked" if self.frequency_mask else "all"
+    def loss_target(self) -> str:
+        """The config's ``loss_target`` when it names none: the removed frequencies for a mask."""
+        return "masked" if self.masks_frequencies else "all"
 
 
 PRETEXT_TASKS: dict[str, PretextTask] = {}
@@ -94,12 +97,6 @@ def get_pretext_task(name: str) -> PretextTask:
     if name not in PRETEXT_TASKS:
         raise ValueError(f"Unknown pretext task {name!r}; registered: {', '.join(PRETEXT_TASKS)}.")
     return PRETEXT_TASKS[name]
-
-
-def check(condition: bool, message: str) -> None:
-    """The `ValueError` every config-value check raises (the configs' own checks use it too)."""
-    if not condition:
-        raise ValueError(message)
 
 
 def _check_probability(config, name: str) -> None:

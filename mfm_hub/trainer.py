@@ -1,6 +1,6 @@
-"""Trainer machinery the scripts share: a stop on SIGTERM that saves a resumable checkpoint,
-data-loader workers that leave termination signals to the main process, and the checks that a
-checkpoint can continue a run exactly.
+"""Trainer machinery the scripts share: the pre-training Trainer, a stop on SIGTERM that saves
+a resumable checkpoint, data-loader workers that leave termination signals to the main
+process, and the checks that a checkpoint can continue a run exactly.
 
 Schedulers and launchers signal more than the main process: torchrun and Kubernetes' process
 managers signal a whole process group, SLURM every process of a job step, Ctrl-C the terminal's
@@ -12,15 +12,20 @@ therefore ignore SIGTERM and SIGINT; the main process decides, and shuts them do
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from pathlib import Path
 from typing import Optional
 
 import safetensors.torch
-from transformers import TrainerCallback
+import torch
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import safe_globals
 
+from .data import epoch_of
 from .safe_load import load_tensors
+
+logger = logging.getLogger(__name__)
 
 
 def ignore_termination_signals() -> None:
@@ -171,5 +176,100 @@ def resolve_resume_checkpoint(value: Optional[str], output_dir: str | Path, worl
     return str(newest)
 
 
-__all__ = ["RESUME_FILES", "SaveOnSigterm", "SignalSafeWorkersMixin", "check_resumable", "checkpoint_problem", "ignore_termination_signals",
-           "newest_complete_checkpoint", "protect_workers", "resolve_resume_checkpoint", "trainer_checkpoints"]
+
+# --------------------------------------------------------------------------------------
+# Pre-training
+# --------------------------------------------------------------------------------------
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
+    """Trainer with the MFM weight-decay split, data-loader workers that leave SIGTERM to this
+    process, a stop on a non-finite loss (before the optimizer step, so no checkpoint ever
+    holds the damage), and, for FOLK, the two loss terms and the teacher's target statistics
+    logged beside the total (this process's mean since the last log)."""
+
+    LOSS_TERMS = ("reconstruction_loss", "distillation_loss", "teacher_entropy", "teacher_marginal_kl")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
+        self._term_count = 0
+        self.unreadable_images: dict[str, int] = {}  # message (names the file) -> times replaced
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        skipped = inputs.pop("skipped_images", None)
+        if skipped and model.training:
+            self._count_skipped(skipped)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if getattr(outputs, "distillation_loss", None) is not None and model.training:
+            for name in self.LOSS_TERMS:  # summed on the device; read (one sync) only when logging
+                self._term_sums[name] = self._term_sums[name] + getattr(outputs, name)
+            self._term_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def _count_skipped(self, messages: list[str]) -> None:
+        """Unreadable images replaced in the data pipeline (possibly in worker processes): one
+        warning naming the first, and per distinct file how often it was replaced (every epoch
+        draws it again), for the end of the run."""
+        if not self.unreadable_images:
+            logger.warning("%s; replaced by the next readable image, as will be any further unreadable one "
+                           "(use --strict_data to stop instead).", messages[0])
+        for message in messages:
+            self.unreadable_images[message] = self.unreadable_images.get(message, 0) + 1
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and self._term_count:
+            logs.update({name: float(total) / self._term_count for name, total in self._term_sums.items()})
+            self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
+            self._term_count = 0
+        super().log(logs, *args, **kwargs)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [
+            name for name, param in model.named_parameters()
+            if param.ndim > 1 and not name.endswith(("pos_embed", "cls_token"))
+        ]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            last = newest_complete_checkpoint(self.args.output_dir)
+            raise NonFiniteLossError(
+                f"The loss became {loss.item()} at step {self.state.global_step + 1}; stopped before updating the "
+                f"weights. Last good checkpoint: {last or 'none saved yet'}. Lower the learning rate, "
+                "use bf16 instead of fp16, or check the data for NaN pixels."
+            )
+        return loss
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the dataset which epoch it is, so every epoch draws new crops."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(epoch_of(state.epoch))
+
+
+def check_ranks_agree(model) -> None:
+    """Under DDP, confirm every process ends with the same weights (a cheap checksum)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    with torch.no_grad():
+        checksum = sum(p.double().sum().item() + p.double().pow(2).sum().item() for p in model.parameters())
+    checksums = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(checksums, checksum)
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"Processes ended with different weights: checksums {checksums}.")
+    logger.info("Weights identical across %d processes (checksum %.6e).", len(checksums), checksum)
+    print(f"weights identical across {len(checksums)} processes")
+
+
+__all__ = ["RESUME_FILES", "EpochCallback", "MFMPretrainingTrainer", "NonFiniteLossError", "SaveOnSigterm", "SignalSafeWorkersMixin",
+           "check_ranks_agree", "check_resumable", "checkpoint_problem", "ignore_termination_signals", "newest_complete_checkpoint",
+           "protect_workers", "resolve_resume_checkpoint", "trainer_checkpoints"]

@@ -144,7 +144,7 @@ def reconstruction_grid(model, pixel_values: torch.Tensor, path: str | Path, gen
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(titles[c], fontsize=7)
-    fig.suptitle(f"{title or config.corruption + ' pre-training'}: loss {output.loss.item():.3f} on these images", fontsize=8)
+    fig.suptitle(f"{title or config.pretext_task + ' pre-training'}: loss {output.loss.item():.3f} on these images", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -9,10 +9,16 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 if "ATEN_CPU_CAPABILITY" in os.environ:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", f"/tmp/torchinductor_{os.environ['ATEN_CPU_CAPABILITY']}")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from mfm_hub import MFMResNetConfig, MFMSwinConfig, MFMViTConfig  # noqa: E402
+from mfm_hub.data import load_fashion_mnist  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "training" / "run_pretraining.py"
 
 
 @pytest.fixture(autouse=True)
@@ -35,3 +41,36 @@ def tiny_swin_config(**overrides) -> MFMSwinConfig:
 def tiny_resnet_config(**overrides) -> MFMResNetConfig:
     fields = dict(block_type="basic", layers=(1, 1, 1, 1), image_size=64)
     return MFMResNetConfig(**{**fields, **overrides})
+
+
+@pytest.fixture(scope="module")
+def fashion_folder(tmp_path_factory):
+    """24 real Fashion-MNIST test images as PNG files in class folders."""
+    folder = tmp_path_factory.mktemp("fashion")
+    dataset = load_fashion_mnist("test")
+    for index in range(24):
+        example = dataset[index]
+        target = folder / f"class{example['label']}"
+        target.mkdir(exist_ok=True)
+        example["image"].save(target / f"{index:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    """`tiny_vit_config` saved as a config.json, for the scripts' ``--model``."""
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    tiny_vit_config().to_json_file(path)
+    return path
+
+
+def run_args(folder, config, output, *extra):
+    """`run_pretraining.py` arguments of a short, seeded run on ``folder``."""
+    return ["--model", str(config), "--train_dir", str(folder), "--output_dir", str(output),
+            "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--warmup_steps", "1",
+            "--logging_steps", "1", "--seed", "3", "--num_figure_images", "3", *extra]
+
+
+def script_env(**extra):
+    """The environment of a script run as a subprocess: unbuffered output, one OpenMP thread."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}

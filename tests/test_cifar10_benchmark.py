@@ -2,7 +2,6 @@
 folder (Fashion-MNIST images in CIFAR-10's layout), then a re-run that must skip everything."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,7 @@ import pytest
 from mfm_hub.data import load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import cifar10_benchmark  # noqa: E402
+from benchmarks import cifar10_benchmark
 
 
 def tiny_cifar_layout(root: Path, per_class: dict[str, int]) -> Path:

@@ -2,7 +2,6 @@
 segmentation (UperNet) and robustness, on tiny real data."""
 
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -12,18 +11,14 @@ import torch
 from conftest import tiny_vit_config
 from PIL import Image
 from safetensors.torch import load_file
-from test_pretraining import fashion_folder  # noqa: F401
 
 from mfm_hub import MFMViTModel
 from mfm_hub.data import FASHION_MNIST_DIR
 from mfm_hub.evaluation import MeanIoU, TopKAccuracy, check_head_matches, fraction_indices, k_shot_indices, load_labelled_split
+from mfm_hub.evaluation.segmentation import read_pair
+from training import run_classification, run_few_shot, run_robustness, run_segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-import run_classification  # noqa: E402
-import run_few_shot  # noqa: E402
-import run_robustness  # noqa: E402
-import run_segmentation  # noqa: E402
 
 CAMVID_TAR = ROOT.parent / "shared" / "data" / "camvid-240x180.tar"
 needs_fashion = pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="needs `apt-get install dataset-fashion-mnist`")
@@ -289,13 +284,13 @@ def test_segmentation_label_checks(camvid_subset, tmp_path):
         "mask": {"path": str(camvid_subset / "trainannot" / f"{image.stem}.png"), "bytes": None},
     }
     with pytest.raises(ValueError, match=r"labels \[11\] outside 0\.\.10; set --ignore_index"):
-        run_segmentation.read_pair(example, num_labels=11, ignore_index=None)
-    image_np, mask = run_segmentation.read_pair(example, num_labels=11, ignore_index=11)
+        read_pair(example, num_labels=11, ignore_index=None)
+    image_np, mask = read_pair(example, num_labels=11, ignore_index=11)
     assert image_np.shape[:2] == mask.shape
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(small)
     with pytest.raises(ValueError, match="small.png is 10x10 but its image is 240x180"):
-        run_segmentation.read_pair({**example, "mask": {"path": str(small), "bytes": None}}, num_labels=11, ignore_index=11)
+        read_pair({**example, "mask": {"path": str(small), "bytes": None}}, num_labels=11, ignore_index=11)
 
 
 @pytest.mark.slow

@@ -44,9 +44,34 @@ class ToyFOLK(mfm_hub.FOLKForPreTraining):
 
 @pytest.fixture
 def toy_family():
-    family = register_family(ModelFamily(ToyConfig, ToyModel, ToyForPreTraining, ToyForImageClassification, ToyBackbone, ToyFOLK))
+    family = register_family(ModelFamily(config=ToyConfig, model=ToyModel, for_pretraining=ToyForPreTraining,
+                                         for_image_classification=ToyForImageClassification, backbone=ToyBackbone, folk=ToyFOLK))
     yield family
     del FAMILIES["mfm_toy"]
+
+
+def test_a_family_missing_part_of_the_contract_is_refused_at_registration_naming_it():
+    class HalfConfig(mfm_hub.configuration_mfm.MFMConfigBase):  # no summary, num_features, ...
+        model_type = "mfm_half"
+
+    class HalfModel(torch.nn.Module):  # a plain module: none of the encoder's methods
+        pass
+
+    class HalfForPreTraining(torch.nn.Module):
+        pass
+
+    family = ModelFamily(config=HalfConfig, model=HalfModel, for_pretraining=HalfForPreTraining,
+                         for_image_classification=ToyForImageClassification, backbone=ToyBackbone, folk=ToyFOLK)
+    with pytest.raises(TypeError, match="'mfm_half' misses part of the family contract") as refused:
+        register_family(family)
+    message = str(refused.value)
+    for member in ("HalfConfig.summary", "HalfConfig.classifier_options", "HalfModel.frozen_features", "HalfModel.timm_architecture",
+                   "HalfForPreTraining.encode_feature_map"):
+        assert member in message
+    assert "timm model name" in message and "for model cards" in message  # each missing member says what it is for
+    assert "mfm_half" not in FAMILIES
+    with pytest.raises(TypeError):  # classes are named, never given by position
+        ModelFamily(ToyConfig, ToyModel, ToyForPreTraining, ToyForImageClassification, ToyBackbone, ToyFOLK)
 
 
 def test_one_registry_entry_makes_a_family_loadable_everywhere(toy_family, tmp_path):

@@ -163,7 +163,7 @@ def test_kept_freed_memory_is_reused_without_page_faults():
 def test_folk_traces_whole_too():
     from mfm_hub import FOLKViTForPreTraining
 
-    model = FOLKViTForPreTraining(tiny_vit_config(corruption="informed", folk_head_output_dim=64, folk_head_hidden_dim=32,
+    model = FOLKViTForPreTraining(tiny_vit_config(pretext_task="informed", folk_head_output_dim=64, folk_head_hidden_dim=32,
                                                   folk_head_bottleneck_dim=16)).train()
     explanation = torch._dynamo.explain(model)(torch.rand(4, 2, 3, 32, 32))
     assert explanation.graph_break_count == 0, [str(reason.reason) for reason in explanation.break_reasons]

@@ -9,17 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_resnet_config, tiny_swin_config, tiny_vit_config
+from conftest import SCRIPT, run_args, script_env, tiny_resnet_config, tiny_swin_config, tiny_vit_config
 from parity import FLOAT32_NETWORK, FLOAT32_ONE_OP, assert_close, relative_error
 from safetensors.torch import load_file, save_file
-from test_pretraining import (  # noqa: F401
-    SCRIPT,
-    fashion_folder,
-    run_args,
-    run_pretraining,
-    script_env,
-    tiny_config,
-)
 from transformers import AutoModel
 
 from mfm_hub import (
@@ -31,6 +23,7 @@ from mfm_hub import (
 )
 from mfm_hub.data import FASHION_MNIST_DIR
 from mfm_hub.modeling_folk import (
+    FOLKScheduleCallback,
     Prototypes,
     cross_view_distillation_loss,
     distribution_statistics,
@@ -38,8 +31,9 @@ from mfm_hub.modeling_folk import (
     prototypes_frozen,
     teacher_temperature,
 )
+from training import run_pretraining
 
-SMALL_HEAD = dict(corruption="informed", folk_head_output_dim=64, folk_head_hidden_dim=32, folk_head_bottleneck_dim=16)
+SMALL_HEAD = dict(pretext_task="informed", folk_head_output_dim=64, folk_head_hidden_dim=32, folk_head_bottleneck_dim=16)
 FAMILIES = {"vit": (FOLKViTForPreTraining, tiny_vit_config), "resnet": (FOLKResNetForPreTraining, tiny_resnet_config),
             "swin": (FOLKSwinForPreTraining, tiny_swin_config)}
 needs_data = pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="needs `apt-get install dataset-fashion-mnist`")
@@ -158,7 +152,7 @@ def test_forward_reports_target_statistics_and_uses_the_scheduled_temperature():
 def test_frozen_prototypes_sit_out_the_optimizer_step():  # noqa: F811
     model = folk_model(folk_freeze_prototypes_ratio=0.1).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.05)
-    callback = run_pretraining.FOLKScheduleCallback()
+    callback = FOLKScheduleCallback()
     for step, frozen in ((0, True), (9, True), (10, False)):
         assert prototypes_frozen(step, 100, model.config) == frozen
         before = model.student_head.prototypes.weight.detach().clone()
@@ -261,14 +255,17 @@ def test_bad_folk_config_values():
         tiny_vit_config(folk_freeze_prototypes_ratio=1.2)
 
 
-FOLK_ARGS = ["--objective", "folk", "--folk_head_output_dim", "64"]
+def folk_args(**config_fields) -> list[str]:
+    """`run_pretraining.py` flags of a FOLK run with a small head and ``config_fields``."""
+    fields = {"folk_head_output_dim": 64, **config_fields}
+    return ["--objective", "folk", "--config_overrides", ",".join(f"{name}={value}" for name, value in fields.items())]
 
 
 @needs_data
 @pytest.mark.slow
 def test_folk_run_exports_a_backbone_and_its_loss_falls(fashion_folder, tiny_config, tmp_path):  # noqa: F811
     output = tmp_path / "folk"
-    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, *FOLK_ARGS, "--max_steps", "30", "--save_strategy", "no",
+    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, *folk_args(), "--max_steps", "30", "--save_strategy", "no",
                                          "--learning_rate", "2e-3")) == 0
     backbone = AutoModel.from_pretrained(output)
     assert isinstance(backbone, MFMViTModel)
@@ -296,9 +293,9 @@ def test_first_release_folk_settings_stay_at_log_k(fashion_folder, tiny_config, 
     """The same run with the first release's head (plain prototypes, cls token, teacher
     temperature 0.04) keeps its distillation term at log K: what the test above guards."""
     output = tmp_path / "before"
-    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, *FOLK_ARGS, "--max_steps", "30", "--save_strategy", "no",
-                                         "--learning_rate", "2e-3", "--folk_normalize_prototypes", "false", "--folk_head_pooling", "cls",
-                                         "--folk_teacher_temperature", "0.04")) == 0
+    first_release = folk_args(folk_normalize_prototypes="false", folk_head_pooling="cls", folk_teacher_temperature=0.04)
+    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, *first_release, "--max_steps", "30", "--save_strategy", "no",
+                                         "--learning_rate", "2e-3")) == 0
     history = [e for e in json.loads((output / "train_results.json").read_text())["log_history"] if "loss" in e]
     assert all(abs(e["distillation_loss"] - math.log(64)) < 0.25 for e in history[-10:]), [e["distillation_loss"] for e in history]
 
@@ -308,7 +305,7 @@ def test_first_release_folk_settings_stay_at_log_k(fashion_folder, tiny_config, 
 def test_folk_resume_is_exact_teacher_and_centre_included(fashion_folder, tiny_config, tmp_path):  # noqa: F811
     # the schedules (temperature warm-up, frozen prototypes) run across the resume point
     common = [
-        *FOLK_ARGS,
+        *folk_args(folk_warmup_teacher_temperature=0.01, folk_teacher_temperature_warmup_ratio=0.75, folk_freeze_prototypes_ratio=0.5),
         "--max_steps",
         "8",
         "--save_steps",
@@ -317,12 +314,6 @@ def test_folk_resume_is_exact_teacher_and_centre_included(fashion_folder, tiny_c
         "5",
         "--gradient_accumulation_steps",
         "2",
-        "--folk_warmup_teacher_temperature",
-        "0.01",
-        "--folk_teacher_temperature_warmup_ratio",
-        "0.75",
-        "--folk_freeze_prototypes_ratio",
-        "0.5",
     ]
     run_pretraining.main(run_args(fashion_folder, tiny_config, tmp_path / "straight", *common))
     import shutil
@@ -352,7 +343,8 @@ def test_folk_resume_is_exact_teacher_and_centre_included(fashion_folder, tiny_c
 def test_folk_two_process_ddp_keeps_one_teacher(fashion_folder, tiny_config, tmp_path):  # noqa: F811
     output = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535", str(SCRIPT),
-               *run_args(fashion_folder, tiny_config, output, *FOLK_ARGS, "--max_steps", "3", "--save_steps", "3", "--ddp_backend", "gloo")]
+               *run_args(fashion_folder, tiny_config, output, *folk_args(), "--max_steps", "3", "--save_steps", "3",
+                         "--ddp_backend", "gloo")]
     result = subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # the end-of-run check covers every parameter, the teacher's included

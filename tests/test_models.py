@@ -326,8 +326,8 @@ def test_vit_rejects_image_size_not_divisible_by_patch():
         (dict(low_pass_prob=1.2), "low_pass_prob"),
         (dict(compress_prob=-0.5), "compress_prob"),
         (dict(informed_keep_ratios=(0.0,)), "informed_keep_ratios"),
-        (dict(corruption="jpeg"), "corruption"),
-        (dict(corruption="sr", reconstruction_target="masked"), "needs a frequency-mask"),
+        (dict(pretext_task="jpeg"), "`pretext_task` must be one of"),
+        (dict(pretext_task="sr", loss_target="masked"), "needs a frequency-mask"),
         (dict(blur_kernel_sizes=(4,)), "odd"),
         (dict(hidden_size=50), "divisible by `num_attention_heads`"),
         (dict(num_channels=2), "num_channels"),
@@ -342,6 +342,17 @@ def test_vit_rejects_image_size_not_divisible_by_patch():
 def test_bad_config_values(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_vit_config(**overrides)
+
+
+def test_configs_saved_with_the_old_field_names_load_under_the_new_ones(tmp_path):
+    saved = tiny_vit_config().to_dict()
+    saved.pop("pretext_task"), saved.pop("loss_target")
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "corruption": "sr", "reconstruction_target": "all"}))
+    config = MFMViTConfig.from_pretrained(tmp_path)
+    assert (config.pretext_task, config.loss_target) == ("sr", "all")
+    assert "corruption" not in config.to_dict() and "reconstruction_target" not in config.to_dict()
+    with pytest.raises(ValueError, match="needs a frequency-mask pretext task"):  # the old names are validated as the new ones
+        tiny_vit_config(corruption="sr", reconstruction_target="masked")
 
 
 def test_bad_resnet_config_values():

@@ -9,7 +9,6 @@ real run while short training tests pass; each test here draws at least `DRAWS` 
 
 import io
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,15 @@ from mfm_hub import data as mfm_data
 from mfm_hub import timm_compat
 from mfm_hub.configuration_mfm import resolve_config
 from mfm_hub.evaluation import eval_transform
+from mfm_hub.evaluation.classification import ImageBatch
+from mfm_hub.evaluation.few_shot import run_episodes
+from mfm_hub.evaluation.robustness import SEVERITIES, corrupted_image
+from mfm_hub.evaluation.segmentation import EVAL_MULTIPLE, SegmentationBatch
 from mfm_hub.modeling_common import corrupt
+from mfm_hub.pretraining import METHODS
+from training import run_classification, run_pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-import run_classification  # noqa: E402
-import run_few_shot  # noqa: E402
-import run_pretraining  # noqa: E402
-import run_robustness  # noqa: E402
-import run_segmentation  # noqa: E402
 
 DRAWS = 3000
 POOL_SIZE = 60
@@ -127,12 +126,12 @@ def test_posterize_at_its_strongest_works_with_the_fix_only_where_it_is_needed()
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", list(run_pretraining.METHODS))
+@pytest.mark.parametrize("method", list(METHODS))
 def test_pretraining_pipeline_soak(method, image_folder):
     model_args = run_pretraining.ModelArguments(
-        model="vit-tiny-patch4-32", **(dict(objective="folk") if method == "folk" else dict(method=method))
+        model="vit-tiny-patch4-32", **(dict(objective="folk") if method == "folk" else dict(pretext_task=method))
     )
-    config = resolve_config(model_args.model, corruption=model_args.method)
+    config = resolve_config(model_args.model, pretext_task=model_args.pretext_task)
     data_args = run_pretraining.DataArguments(train_dir=str(image_folder), min_crop_scale=0.01)
     images, _, _ = run_pretraining.build_dataset(data_args, IMAGE_SIZE, seed=7, two_views=method == "folk")
     generator = torch.Generator().manual_seed(0)
@@ -177,7 +176,7 @@ def test_linear_probe_and_evaluation_transforms_soak(image_pool):
     config = resolve_config("vit-tiny-patch4-32")
     probe = run_classification.training_batches(config, run_classification.DataArguments(), linear_probe=True, image_column="image",
                                                 num_classes=3)
-    evaluate = run_classification.ImageBatch("image", "label", eval_transform(config))
+    evaluate = ImageBatch("image", "label", eval_transform(config))
     for batch in batches(examples(image_pool, DRAWS, seed=2), 100):
         for collate in (probe, evaluate):
             pixels = collate(batch)["pixel_values"]
@@ -188,7 +187,7 @@ def test_few_shot_episodes_soak():
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(300, 16, generator=generator)
     labels = np.repeat(np.arange(10), 30)
-    accuracies = run_few_shot.run_episodes(features, labels, ways=5, shots=5, queries=25, episodes=DRAWS, classifier="prototype", seed=0)
+    accuracies = run_episodes(features, labels, ways=5, shots=5, queries=25, episodes=DRAWS, classifier="prototype", seed=0)
     assert len(accuracies) == DRAWS and all(0.0 <= a <= 1.0 for a in accuracies)
 
 
@@ -214,8 +213,8 @@ def test_segmentation_joint_transforms_soak():
     torch.manual_seed(0)
     config = resolve_config("vit-tiny-patch4-32")
     num_labels, ignore_index = 11, 11
-    train = run_segmentation.SegmentationBatch(config, num_labels, ignore_index, crop_size=48)
-    evaluate = run_segmentation.SegmentationBatch(config, num_labels, ignore_index, crop_size=None)
+    train = SegmentationBatch(config, num_labels, ignore_index, crop_size=48)
+    evaluate = SegmentationBatch(config, num_labels, ignore_index, crop_size=None)
     pool = segmentation_examples(300, seed=3, num_labels=num_labels, ignore_index=ignore_index)
     for repeat in range(DRAWS // len(pool)):
         for batch in batches(pool, 16):
@@ -225,7 +224,7 @@ def test_segmentation_joint_transforms_soak():
             assert ((out["labels"] >= 0) & (out["labels"] <= ignore_index)).all()
             if repeat == 0:
                 padded = evaluate(batch)
-                assert padded["pixel_values"].shape[-1] % run_segmentation.EVAL_MULTIPLE == 0
+                assert padded["pixel_values"].shape[-1] % EVAL_MULTIPLE == 0
 
 
 # --------------------------------------------------------------------------------------
@@ -236,14 +235,14 @@ def test_segmentation_joint_transforms_soak():
 def test_robustness_corruptions_soak():
     imagecorruptions = pytest.importorskip("imagecorruptions")
     corruptions = imagecorruptions.get_corruption_names("common")
-    per_setting = -(-DRAWS // (len(corruptions) * len(run_robustness.SEVERITIES)))
+    per_setting = -(-DRAWS // (len(corruptions) * len(SEVERITIES)))
     rng = np.random.default_rng(4)
     images = [rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8) for _ in range(per_setting)]
     drawn = 0
     for corruption in corruptions:
-        for severity in run_robustness.SEVERITIES:
+        for severity in SEVERITIES:
             for index, image in enumerate(images):
-                out = run_robustness.corrupted_image(image, corruption, severity, seed=1000 * severity + index)
+                out = corrupted_image(image, corruption, severity, seed=1000 * severity + index)
                 assert out.shape == image.shape and out.dtype == np.uint8
                 drawn += 1
     assert drawn >= DRAWS

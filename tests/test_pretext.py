@@ -1,8 +1,6 @@
 """The pretext-task registry: one entry adds a task that the config, the model and the
 pre-training CLI all accept by name."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +8,7 @@ from conftest import tiny_vit_config
 
 from mfm_hub import MFMViTForPreTraining
 from mfm_hub.pretext import PRETEXT_TASKS, Corruption, PretextTask, get_pretext_task, register_pretext_task
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-import run_pretraining  # noqa: E402
+from training import run_pretraining
 
 
 @pytest.fixture
@@ -27,21 +23,21 @@ def inverted_task():
 
 
 def test_a_registered_task_works_in_config_model_and_cli(inverted_task):
-    config = tiny_vit_config(corruption="invert")
-    assert config.loss_target == "all"  # not a frequency mask: the whole image is the target
+    config = tiny_vit_config(pretext_task="invert")
+    assert config.loss_target is None and inverted_task.loss_target == "all"  # not a frequency mask: the whole image is the target
     model = MFMViTForPreTraining(config)
     x = torch.rand(2, 3, 32, 32)
     out = model(x)
     assert torch.isfinite(out.loss) and out.frequency_mask is None
     assert torch.equal(out.corrupted_pixel_values, 1.0 - x)
-    assert run_pretraining.ModelArguments(method="invert").method == "invert"
+    assert run_pretraining.ModelArguments(pretext_task="invert").pretext_task == "invert"
     with pytest.raises(ValueError, match="only applies to frequency-mask corruptions, not 'invert'"):
         model(x, frequency_mask=torch.ones(2, 1, 32, 32))
 
 
 def test_every_built_in_task_is_registered_with_its_loss_target():
     assert list(PRETEXT_TASKS) == ["mfm", "informed", "sr", "deblur", "denoise"]
-    assert [get_pretext_task(name).default_loss_target for name in PRETEXT_TASKS] == ["masked", "masked", "all", "all", "all"]
+    assert [get_pretext_task(name).loss_target for name in PRETEXT_TASKS] == ["masked", "masked", "all", "all", "all"]
     with pytest.raises(ValueError, match="Unknown pretext task 'jpeg'; registered: mfm, informed"):
         get_pretext_task("jpeg")
     with pytest.raises(ValueError, match="exactly one of `corrupt` and `sample_mask`"):

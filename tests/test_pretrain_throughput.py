@@ -1,6 +1,5 @@
 """The side-by-side speed benchmark: it runs every contender and counts the work of each."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,8 +7,7 @@ import torch
 from transformers import AutoModelForPreTraining
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import pretrain_throughput  # noqa: E402
+from benchmarks import pretrain_throughput
 
 
 def test_flop_count_includes_the_cpu_attention_kernel():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_resnet_config, tiny_swin_config, tiny_vit_config
+from conftest import SCRIPT, run_args, script_env, tiny_resnet_config, tiny_swin_config, tiny_vit_config
 from parity import FLOAT32_TRAINING, assert_close
 from PIL import Image
 from safetensors.torch import load_file
@@ -24,48 +24,22 @@ from mfm_hub.arguments import guard_output_dir
 from mfm_hub.data import (
     FASHION_MNIST_DIR,
     BadImageError,
+    collate_pretraining,
     decode_image,
-    load_fashion_mnist,
 )
-from mfm_hub.trainer import checkpoint_problem, resolve_resume_checkpoint
+from mfm_hub.pretext import get_pretext_task
+from mfm_hub.pretraining import pretraining_model
+from mfm_hub.trainer import MFMPretrainingTrainer, NonFiniteLossError, checkpoint_problem, resolve_resume_checkpoint
+from training import run_pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "training" / "run_pretraining.py"
-sys.path.insert(0, str(SCRIPT.parent))
-import run_pretraining  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="needs `apt-get install dataset-fashion-mnist`")
 
 
-@pytest.fixture(scope="module")
-def fashion_folder(tmp_path_factory):
-    """24 real Fashion-MNIST test images as PNG files in class folders."""
-    folder = tmp_path_factory.mktemp("fashion")
-    dataset = load_fashion_mnist("test")
-    for index in range(24):
-        example = dataset[index]
-        target = folder / f"class{example['label']}"
-        target.mkdir(exist_ok=True)
-        example["image"].save(target / f"{index:03d}.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "config.json"
-    tiny_vit_config().to_json_file(path)
-    return path
-
-
-def run_args(folder, config, output, *extra):
-    return ["--model", str(config), "--train_dir", str(folder), "--output_dir", str(output),
-            "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--warmup_steps", "1",
-            "--logging_steps", "1", "--seed", "3", "--num_figure_images", "3", *extra]
-
-
 def test_quickstart_config_parses():
     model_args, data_args, args = run_pretraining.parse_arguments([str(ROOT / "training/configs/quickstart.yaml")])
-    assert model_args.model == "vit-tiny-patch4-32" and model_args.method == "mfm"
+    assert model_args.model == "vit-tiny-patch4-32" and model_args.pretext_task == "mfm"
     assert args.max_steps > 0 and data_args.train_dir is None  # the embedded Fashion-MNIST
     assert args.adam_beta2 == 0.95 and args.weight_decay == 0.05 and args.max_grad_norm == 3.0
     assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 2.5e-6 / 3e-4}
@@ -75,8 +49,8 @@ def test_quickstart_config_parses():
     ("- model\n- vit-tiny-patch4-32\n", "must hold a mapping of argument names to values"),
     ("per_device_train_batch_size: abc\n", "`per_device_train_batch_size` must be int, got 'abc'"),
     ("max_steps: 3.5\n", "`max_steps` must be int, got 3.5"),
-    ("method: mae\n", "--method must be a pretext task: mfm, informed, sr, deblur, denoise"),
-    ("method: folk\n", "'folk' is an objective, not a pretext task: use --objective folk"),
+    ("pretext_task: mae\n", "--pretext_task must be one of mfm, informed, sr, deblur, denoise"),
+    ("pretext_task: folk\n", "'folk' is an objective, not a pretext task: use --objective folk"),
     ("modle: vit-tiny-patch4-32\n", r"unknown arguments \['modle'\]"),
     ("streaming: perhaps\n", "`streaming` must be string_to_bool"),
     ("model: [vit, resnet]\n", "`model` takes a single value"),
@@ -101,24 +75,52 @@ def test_flags_after_a_config_file_override_it():
 def test_config_file_values_are_converted_like_flags(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(
-        '{"learning_rate": "3e-4", "max_steps": "7", "folk_normalize_prototypes": "false", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}}'
+        '{"learning_rate": "3e-4", "max_steps": "7", "config_overrides": {"folk_normalize_prototypes": false}, '
+        '"lr_scheduler_kwargs": {"min_lr_rate": 0.1}}'
     )
     model_args, _, args = run_pretraining.parse_arguments([str(path)])
-    assert args.learning_rate == 3e-4 and args.max_steps == 7 and model_args.folk_normalize_prototypes is False
+    assert args.learning_rate == 3e-4 and args.max_steps == 7 and model_args.config_overrides["folk_normalize_prototypes"] is False
     assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
 
 
+def build_model(**flags):
+    model_args = run_pretraining.ModelArguments(**flags)
+    return pretraining_model(model_args.model, model_args.objective, **model_args.config_fields)
+
+
 def test_method_overrides_are_validated_and_reloadable(tiny_config):
-    for flags, target in ((dict(method="sr"), "all"), (dict(method="mfm"), "masked"), (dict(objective="folk"), "masked")):
-        model = run_pretraining.build_model(run_pretraining.ModelArguments(model=str(tiny_config), **flags))
-        assert model.config.loss_target == target
-        assert type(model.config).from_dict(model.config.to_dict()).loss_target == target  # the saved config reloads
+    for flags, target in ((dict(pretext_task="sr"), "all"), (dict(pretext_task="mfm"), "masked"), (dict(objective="folk"), "masked")):
+        config = build_model(model=str(tiny_config), **flags).config
+        reloaded = type(config).from_dict(config.to_dict())  # the saved config reloads
+        for loaded in (config, reloaded):
+            assert (loaded.loss_target or get_pretext_task(loaded.pretext_task).loss_target) == target
     with pytest.raises(ValueError, match="low_pass_prob"):
-        run_pretraining.build_model(run_pretraining.ModelArguments(model=str(tiny_config), low_pass_prob=2.0))
+        build_model(model=str(tiny_config), low_pass_prob=2.0)
+    with pytest.raises(ValueError, match="folk_teacher_temperature"):
+        build_model(model=str(tiny_config), config_overrides="folk_teacher_temperature=0")
+    with pytest.raises(ValueError, match="has no field `mask_radious`. Did you mean mask_radius"):
+        build_model(model=str(tiny_config), config_overrides="mask_radious=3")
+
+
+def test_any_config_field_is_set_by_config_overrides_and_old_flags_still_work_with_a_warning(tiny_config):
+    overrides = "mask_radius=24,informed_keep_ratios=[0.01,0.02],folk_head_pooling=cls,folk_normalize_prototypes=false"
+    model_args, _, _ = run_pretraining.parse_arguments(["--model", str(tiny_config), "--config_overrides", overrides])
+    expected = {"mask_radius": 24, "informed_keep_ratios": [0.01, 0.02], "folk_head_pooling": "cls", "folk_normalize_prototypes": False}
+    assert model_args.config_overrides == expected
+    config = pretraining_model(model_args.model, "folk", **model_args.config_fields).config
+    assert (config.mask_radius, list(config.informed_keep_ratios), config.folk_head_pooling) == (24, [0.01, 0.02], "cls")
+    with pytest.warns(FutureWarning) as warned:
+        old, _, _ = run_pretraining.parse_arguments(["--model", str(tiny_config), "--method", "sr", "--folk_teacher_temperature", "0.04",
+                                                     "--mask_radius", "20"])
+    assert old.pretext_task == "sr" and old.config_fields == {"pretext_task": "sr", "mask_radius": 20.0, "folk_teacher_temperature": 0.04}
+    assert any("`--method` is now `--pretext_task`" in str(w.message) for w in warned)
+    assert any("folk_teacher_temperature" in str(w.message) and "--config_overrides" in str(w.message) for w in warned)
+    with pytest.raises(ValueError, match="name=value pairs"):
+        run_pretraining.ModelArguments(config_overrides="mask_radius")
 
 
 def test_weight_decay_split_follows_mfm():
-    trainer_cls = run_pretraining.MFMPretrainingTrainer
+    trainer_cls = MFMPretrainingTrainer
     from mfm_hub import MFMViTForPreTraining
 
     names = trainer_cls.get_decay_parameter_names(None, MFMViTForPreTraining(tiny_vit_config()))
@@ -155,7 +157,7 @@ def test_streaming_a_local_folder(fashion_folder, tiny_config, tmp_path):
     assert "streamed" in (output / "README.md").read_text()
     folk = tmp_path / "folk_streamed"  # FOLK's figure takes its view pairs from the stream too
     assert run_pretraining.main(run_args(fashion_folder, tiny_config, folk, "--streaming", "--max_steps", "2", "--save_strategy", "no",
-                                         "--objective", "folk", "--folk_head_output_dim", "64")) == 0
+                                         "--objective", "folk", "--config_overrides", "folk_head_output_dim=64")) == 0
     assert (folk / "reconstructions.png").exists()
 
 
@@ -209,9 +211,9 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(fashio
     )
     args.learning_rate = 1e-3
     images, _, _ = run_pretraining.build_dataset(data_args, 32, 0)
-    trainer = run_pretraining.MFMPretrainingTrainer(model=model, args=args, train_dataset=images,
-                                                    data_collator=run_pretraining.mfm_data.collate_pretraining)
-    with pytest.raises(run_pretraining.NonFiniteLossError, match=r"became nan at step 3.*checkpoint-2"):
+    trainer = MFMPretrainingTrainer(model=model, args=args, train_dataset=images,
+                                                    data_collator=collate_pretraining)
+    with pytest.raises(NonFiniteLossError, match=r"became nan at step 3.*checkpoint-2"):
         trainer.train()
     assert not (tmp_path / "checkpoint-3").exists()
     saved = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
@@ -320,14 +322,10 @@ def test_empty_folder_and_bad_arguments(tiny_config, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="No images found"):
         run_pretraining.main(run_args(tmp_path / "empty", tiny_config, tmp_path / "out", "--max_steps", "1"))
-    with pytest.raises(ValueError, match="--method must be a pretext task"):
-        run_pretraining.main(["--method", "jpeg", "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="--pretext_task must be one of"):
+        run_pretraining.main(["--pretext_task", "jpeg", "--output_dir", str(tmp_path / "o")])
     with pytest.raises(FileNotFoundError, match="neither a preset"):
         run_pretraining.main(["--model", "vit-enormous", "--output_dir", str(tmp_path / "o")])
-
-
-def script_env(**extra):
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
 @pytest.mark.slow

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_convert_official import ReferenceMFM, official_vit, save_like_the_release
+from official_release import save_like_the_release
 from transformers import HfArgumentParser
 
+from benchmarks.reference_mfm import ReferenceMFM, official_vit
 from mfm_hub import MFMViTForPreTraining
 from mfm_hub.arguments import guard_output_dir
 from mfm_hub.configuration_mfm import check_model_source
@@ -20,14 +21,9 @@ from mfm_hub.convert_official import main as convert_main
 from mfm_hub.demo.panels import load_reconstruction_model
 from mfm_hub.folder_lock import claim_folder, holds_folder, lock_path, release_folder
 from mfm_hub.timm_export import export_to_timm
+from training import run_classification, run_few_shot, run_pretraining, run_robustness, run_segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-import run_classification  # noqa: E402
-import run_few_shot  # noqa: E402
-import run_pretraining  # noqa: E402
-import run_robustness  # noqa: E402
-import run_segmentation  # noqa: E402
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from official_release import random_masks, randomize_, save_like_the_release
 from parity import FLOAT32_NETWORK, assert_close
-from test_convert_official import MEAN, STD, ReferenceMFM, official_resnet50, random_masks, randomize_, save_like_the_release
 
+from benchmarks.reference_mfm import MEAN, STD, ReferenceMFM, official_resnet50
 from mfm_hub import MFMResNetForPreTraining, MFMResNetModel, MFMViTModel, zoo
 
 ENTRY = "mfm-resnet50-pt300"

@@ -26,25 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import torch
-import torch.nn.functional as F
 from timm.data import Mixup, create_transform
-from timm.loss import SoftTargetCrossEntropy
-from timm.optim import param_groups_layer_decay
-from transformers import AutoModelForImageClassification, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import AutoModelForImageClassification, HfArgumentParser, TrainingArguments, set_seed
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import (
     check_training_arguments,
     guard_output_dir,
-    require,
-    require_at_least,
+    parse_config_overrides,
     resolve_learning_rate,
     setup_training_process,
 )
 from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_config
-from mfm_hub.data import dataset_reference, decode_image, folder_splits, sample_examples
+from mfm_hub.data import dataset_reference, folder_splits, sample_examples
+from mfm_hub.evaluation.classification import ClassificationTrainer, ImageBatch, top1_during_training
+from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import logged_series, plot_confusion_matrix, plot_validation_curve
 
 logger = logging.getLogger("run_classification")
@@ -58,11 +55,15 @@ class ModelArguments:
         default=True, metadata={"help": "ViT: mean-pool patch tokens through fc_norm (the MFM fine-tuning head)"}
     )
     drop_path_rate: float = field(default=0.1)
+    config_overrides: dict | str | None = field(  # `|`, not Union: see run_pretraining.py
+        default=None, metadata={"help": "other config fields to change: name=value,name=value (the config checks them)"}
+    )
     layer_decay: Optional[float] = field(default=0.75, metadata={"help": "layer-wise lr decay (ViT); 1 or empty to disable"})
 
     def __post_init__(self):
         require(0 <= self.drop_path_rate < 1, "--drop_path_rate", self.drop_path_rate, "in [0, 1)")
         require(self.layer_decay is None or 0 < self.layer_decay <= 1, "--layer_decay", self.layer_decay, "in (0, 1], or empty")
+        self.config_overrides = parse_config_overrides(self.config_overrides)
 
 
 @dataclass
@@ -115,53 +116,6 @@ class ClassificationArguments(TrainingArguments):
         super().__post_init__()
 
 
-class ClassificationTrainer(Trainer):
-    """Soft-target loss for Mixup/CutMix batches, label smoothing otherwise, timm's
-    layer-decay parameter groups (lr scaled per group before the scheduler sees it), and
-    evaluation / prediction batches built by ``eval_collator`` (no augmentation, no Mixup)."""
-
-    def __init__(self, *args, eval_collator, label_smoothing: float = 0.0, layer_decay: Optional[float] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_collator = eval_collator
-        self.label_smoothing = label_smoothing
-        self.layer_decay = layer_decay
-
-    def _with_eval_collator(self, make_loader, dataset):
-        training_collator, self.data_collator = self.data_collator, self.eval_collator
-        try:
-            return make_loader(dataset)
-        finally:
-            self.data_collator = training_collator
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        return self._with_eval_collator(super().get_eval_dataloader, eval_dataset)
-
-    def get_test_dataloader(self, test_dataset):
-        return self._with_eval_collator(super().get_test_dataloader, test_dataset)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        if labels.ndim == 2:
-            loss = SoftTargetCrossEntropy()(outputs.logits, labels)
-        else:
-            loss = F.cross_entropy(outputs.logits, labels, label_smoothing=self.label_smoothing if model.training else 0.0)
-        return (loss, outputs) if return_outputs else loss
-
-    def create_optimizer(self, model=None):
-        model = model if model is not None else self.model
-        if self.optimizer is None:
-            groups = param_groups_layer_decay(
-                model, weight_decay=self.args.weight_decay, no_weight_decay_list=["*pos_embed", "*cls_token"],
-                layer_decay=self.layer_decay if self.layer_decay else 1.0,
-            )
-            for group in groups:
-                group["lr"] = self.args.learning_rate * group.pop("lr_scale")
-            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2),
-                                               eps=self.args.adam_epsilon)
-        return self.optimizer
-
-
 def evaluation_source(data_args: DataArguments) -> tuple[str, Optional[str]]:
     """``(split, folder)`` of the evaluation images: ``--validation_dir``, else the training
     source's ``--eval_split`` (a ``--train_dir`` with split sub-folders, a Hub dataset, the
@@ -187,7 +141,7 @@ def evaluation_source(data_args: DataArguments) -> tuple[str, Optional[str]]:
 def build_model(model_args: ModelArguments, class_names: list[str]):
     config = resolve_config(
         model_args.model, num_labels=len(class_names), id2label=dict(enumerate(class_names)),
-        label2id={n: i for i, n in enumerate(class_names)}, drop_path_rate=model_args.drop_path_rate,
+        label2id={n: i for i, n in enumerate(class_names)}, drop_path_rate=model_args.drop_path_rate, **model_args.config_overrides,
     )
     for name, value in config.classifier_options(model_args.use_mean_pooling).items():
         setattr(config, name, value)
@@ -199,21 +153,6 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("classifier.")
     return model
-
-
-class ImageBatch:
-    """Decode (RGB) + transform a list of examples into ``pixel_values`` and ``labels``, with
-    timm's Mixup/CutMix on training batches when enabled."""
-
-    def __init__(self, image_column: str, label_column: str, transform, mixup: Optional[Mixup] = None):
-        self.image_column, self.label_column, self.transform, self.mixup = image_column, label_column, transform, mixup
-
-    def __call__(self, examples):
-        pixels = torch.stack([self.transform(decode_image(e[self.image_column])) for e in examples])
-        labels = torch.tensor([int(e[self.label_column]) for e in examples])
-        if self.mixup is not None and len(examples) % 2 == 0:
-            pixels, labels = self.mixup(pixels, labels)
-        return {"pixel_values": pixels, "labels": labels}
 
 
 def training_batches(config, data_args: DataArguments, linear_probe: bool, image_column: str, num_classes: int) -> ImageBatch:
@@ -230,11 +169,6 @@ def training_batches(config, data_args: DataArguments, linear_probe: bool, image
     mixup = Mixup(mixup_alpha=data_args.mixup, cutmix_alpha=data_args.cutmix, label_smoothing=data_args.label_smoothing,
                   num_classes=num_classes) if use_mix else None
     return ImageBatch(image_column, data_args.label_column, transform, mixup)
-
-
-def top1_during_training(prediction) -> dict:
-    """Validation top-1 for the Trainer's periodic evaluation (``eval_top1`` in the logs)."""
-    return {"top1": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
 
 def subset_for_training(dataset, data_args: DataArguments, label_column: str, seed: int):

@@ -25,65 +25,21 @@ checkpoint's own ``README.md``; otherwise one in ``--output_dir``).
 
 import argparse
 import math
+import runpy
 import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import run_classification  # noqa: E402  (the sibling script: Python puts training/ on sys.path for a script)
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import guard_output_dir, require, require_at_least
+from mfm_hub.arguments import guard_output_dir
 from mfm_hub.configuration_mfm import check_model_source
-from mfm_hub.data import dataset_reference, decode_image, sample_examples
+from mfm_hub.data import dataset_reference, sample_examples
+from mfm_hub.evaluation.few_shot import extract_features, run_episodes
+from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import plot_episodes
-
-
-@torch.no_grad()
-def extract_features(model, dataset, image_column: str, batch_size: int, crop_pct: float) -> torch.Tensor:
-    """Frozen features ``(N, D)`` of every image (`evaluation.frozen_features`), with the
-    evaluation transform."""
-    transform = evaluation.eval_transform(model.config, crop_pct)
-    features = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="features"):
-        batch = dataset[start:start + batch_size][image_column]
-        pixels = transform.batch([decode_image(value) for value in batch]).to(model.device)
-        features.append(evaluation.frozen_features(model, pixels).float().cpu())
-    return torch.cat(features)
-
-
-def run_episodes(features: torch.Tensor, labels: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
-                 classifier: str, seed: int) -> list[float]:
-    classes, counts = np.unique(labels, return_counts=True)
-    if ways > len(classes):
-        raise ValueError(f"{ways}-way episodes need {ways} classes; the data has {len(classes)}.")
-    if shots + queries > counts.min():
-        raise ValueError(f"{shots} shots + {queries} queries per class exceed the smallest class "
-                         f"(class {classes[counts.argmin()]} has {counts.min()} images).")
-    features = F.normalize(features, dim=1)
-    rng = np.random.default_rng(seed)
-    accuracies = []
-    for _ in tqdm(range(episodes), desc="episodes"):
-        chosen = rng.choice(classes, size=ways, replace=False)
-        support, query, query_labels = [], [], []
-        for episode_label, cls in enumerate(chosen):
-            members = rng.choice(np.flatnonzero(labels == cls), size=shots + queries, replace=False)
-            support.append(features[members[:shots]])
-            query.append(features[members[shots:]])
-            query_labels += [episode_label] * queries
-        support, query, query_labels = torch.stack(support), torch.cat(query), torch.tensor(query_labels)
-        if classifier == "prototype":
-            scores = query @ F.normalize(support.mean(dim=1), dim=1).T
-        else:
-            fitted = evaluation.logistic_regression(support.flatten(0, 1), torch.arange(ways).repeat_interleave(shots), ways)
-            with torch.no_grad():
-                scores = fitted(query)
-        accuracies.append(float((scores.argmax(1) == query_labels).float().mean()))
-    return accuracies
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -123,8 +79,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
         data = (["--train_dir", args.data_dir] if args.data_dir else []) + (
             ["--dataset_name", args.dataset_name] if args.dataset_name else []
         )
-        return run_classification.main(["--model", args.model, "--output_dir", args.output_dir, "--seed", str(args.seed),
-                                        *subset, *data, *passthrough])
+        # the sibling script by its path: it is found whether this one runs as a script or as training.run_few_shot
+        run_classification = runpy.run_path(str(Path(__file__).with_name("run_classification.py")))
+        return run_classification["main"](["--model", args.model, "--output_dir", args.output_dir, "--seed", str(args.seed),
+                                           *subset, *data, *passthrough])
 
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
     check_model_source(args.model)

@@ -16,57 +16,23 @@ bars for both models) and a `model-index` entry (clean top-1 and mCE) in the mod
 import argparse
 import math
 import sys
-import zlib
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageClassification
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import guard_output_dir, require, require_at_least
+from mfm_hub.arguments import guard_output_dir
 from mfm_hub.configuration_mfm import check_model_source
 from mfm_hub.data import DatasetReference, dataset_reference, decode_image, sample_examples
+from mfm_hub.evaluation.robustness import SEVERITIES, corruption_names, error_rates
 from mfm_hub.modeling_common import normalize
+from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import plot_errors
-
-try:
-    from imagecorruptions import corrupt as apply_corruption
-    from imagecorruptions import get_corruption_names
-except ImportError:  # reported with the install command when the script runs
-    apply_corruption = get_corruption_names = None
-
-SEVERITIES = (1, 2, 3, 4, 5)
-
-
-def corrupted_image(image: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
-    """One corruption of a ``(H, W, 3)`` uint8 image; the package draws from NumPy's global
-    RNG, so it is seeded here per image for reproducible, identical inputs to both models."""
-    if corruption == "clean":
-        return image
-    np.random.seed(seed % (2**32))
-    return np.asarray(apply_corruption(image, corruption_name=corruption, severity=severity), dtype=np.uint8)
-
-
-@torch.no_grad()
-def error_rates(models: dict, images: list[np.ndarray], labels: np.ndarray, corruption: str, severity: int, to_input, batch_size: int,
-                seed: int) -> dict[str, float]:
-    wrong = {name: 0 for name in models}
-    for start in range(0, len(images), batch_size):
-        # zlib.crc32, not hash(): str hashes change from process to process
-        batch = [
-            corrupted_image(img, corruption, severity, seed + 1_000_003 * (start + i) + 7919 * severity + zlib.crc32(corruption.encode()))
-            for i, img in enumerate(images[start : start + batch_size])
-        ]
-        pixels = torch.stack([to_input(torch.from_numpy(img).permute(2, 0, 1)) for img in batch])
-        for name, model in models.items():
-            predictions = model(pixel_values=pixels.to(model.device)).logits.argmax(-1).cpu().numpy()
-            wrong[name] += int((predictions != labels[start:start + batch_size]).sum())
-    return {name: count / len(images) for name, count in wrong.items()}
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -90,12 +56,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     guard_output_dir(args.output_dir, args.overwrite_output_dir)
     check_model_source(args.model)
     check_model_source(args.baseline, "--baseline")
-    if apply_corruption is None:
-        raise ImportError("run_robustness.py needs the corruption package: pip install 'mfm_hub[robustness]' (imagecorruptions-imaug).")
-    corruptions = args.corruptions or get_corruption_names("common")
-    unknown = sorted(set(corruptions) - set(get_corruption_names("all")))
-    if unknown:
-        raise ValueError(f"Unknown corruptions {unknown}; choose from {get_corruption_names('all')}.")
+    corruptions = corruption_names(args.corruptions)
 
     dataset, image_column, class_names = evaluation.load_labelled_split(
         args.split, args.data_dir, args.dataset_name, label_column=args.label_column

@@ -76,7 +76,7 @@ def build_demo(model, model_name: str, examples: Sequence[str | Path] = ()) -> g
     on the page, with ``examples`` (image files) to click."""
     parameters = _task_parameters()
     fields = list(parameters)
-    default_task = get_pretext_task(model.config.corruption)
+    default_task = get_pretext_task(model.config.pretext_task)
 
     def visible_controls(task_name: str):
         shown = {parameter.field for parameter in get_pretext_task(task_name).parameters}

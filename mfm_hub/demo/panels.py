@@ -83,7 +83,7 @@ def objective_config(config, task_name: str, values: dict):
     if unknown:
         raise ValueError(f"Task {task_name!r} has no parameters {sorted(unknown)}; it has {sorted(parameters)}.")
     updates = {field: parameters[field].config_value(value) for field, value in values.items()}
-    return type(config).from_dict({**config.to_dict(), "corruption": task_name, "reconstruction_target": None, **updates})
+    return type(config).from_dict({**config.to_dict(), "pretext_task": task_name, "loss_target": None, **updates})
 
 
 # --------------------------------------------------------------------------------------
