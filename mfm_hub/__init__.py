@@ -1,12 +1,13 @@
 """mfm_hub: Masked Frequency Modeling (MFM) and FOLK backbones as Hugging Face models.
 
-Importing the package registers every config and model with transformers' Auto classes and
-makes timm's RandAugment work with the installed Pillow (`mfm_hub.timm_compat`).
+Importing the package registers every config and model with transformers' Auto classes, the
+official checkpoints under timm's names (`mfm_hub.timm_models`), and makes timm's RandAugment
+work with the installed Pillow (`mfm_hub.timm_compat`).
 """
 
 import importlib
 
-from . import frequency, pretext, timm_compat
+from . import frequency, pretext, timm_compat, timm_models
 from .configuration_mfm import (
     PRESETS,
     MFMResNetConfig,
@@ -62,6 +63,7 @@ __all__ = [
     "family_of",
     "pretext",
     "register_family",
+    "timm_models",
     "FOLKForPreTraining",
     "FOLKPreTrainingOutput",
     "FOLKResNetForPreTraining",

@@ -61,7 +61,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LOSS_TARGETS = ("masked", "all")
 #: Fields renamed since checkpoints were first saved (old name -> name now); old files still load.
-RENAMED_FIELDS = {"corruption": "pretext_task", "reconstruction_target": "loss_target"}
+RENAMED_FIELDS = {"corruption": "pretext_task", "reconstruction_target": "loss_target", "image_std": "image_scale"}
 
 
 class MFMConfigBase(PreTrainedConfig):
@@ -77,8 +77,9 @@ class MFMConfigBase(PreTrainedConfig):
             Input channels, 1 or 3.
         image_mean (`tuple[float]`, *optional*, defaults to the ImageNet mean):
             Per-channel mean subtracted *after* the pretext task corrupts the image.
-        image_std (`tuple[float]`, *optional*, defaults to the ImageNet std):
-            Per-channel std divided by after the corruption.
+        image_scale (`tuple[float]`, *optional*, defaults to the ImageNet std):
+            Per-channel divisor applied after subtracting `image_mean` (the standard deviation;
+            not named `*_std`, which transformers' tests read as an initializer setting).
         pretext_task (`str`, *optional*, defaults to `"mfm"`):
             The pretext task (`mfm_hub.pretext`) applied to the input: `"mfm"` (circle
             low/high-pass, the MFM paper), `"informed"` (FOLK's Com/RCom filters), `"sr"`,
@@ -155,7 +156,7 @@ class MFMConfigBase(PreTrainedConfig):
     image_size: int = 224
     num_channels: int = 3
     image_mean: tuple[float, ...] | list[float] = IMAGENET_MEAN
-    image_std: tuple[float, ...] | list[float] = IMAGENET_STD
+    image_scale: tuple[float, ...] | list[float] = IMAGENET_STD
     pretext_task: str = "mfm"
     mask_radius: float = 16.0
     mask_radius_outer: float = 999.0
@@ -212,10 +213,10 @@ class MFMConfigBase(PreTrainedConfig):
         _check(isinstance(self.image_size, int) and self.image_size > 0, f"`image_size` must be a positive int, got {self.image_size!r}.")
         _check(self.num_channels in (1, 3), f"`num_channels` must be 1 or 3, got {self.num_channels!r}.")
         _check(
-            len(self.image_mean) == self.num_channels and len(self.image_std) == self.num_channels,
-            f"`image_mean`/`image_std` need {self.num_channels} values, got {list(self.image_mean)} / {list(self.image_std)}.",
+            len(self.image_mean) == self.num_channels and len(self.image_scale) == self.num_channels,
+            f"`image_mean`/`image_scale` need {self.num_channels} values, got {list(self.image_mean)} / {list(self.image_scale)}.",
         )
-        _check(all(s > 0 for s in self.image_std), f"`image_std` must be positive, got {list(self.image_std)}.")
+        _check(all(s > 0 for s in self.image_scale), f"`image_scale` must be positive, got {list(self.image_scale)}.")
         _check(self.pretext_task in PRETEXT_TASKS, f"`pretext_task` must be one of {tuple(PRETEXT_TASKS)}, got {self.pretext_task!r}.")
         for task in PRETEXT_TASKS.values():  # every task's parameters, so switching `pretext_task` later stays valid
             task.check(self)
@@ -406,6 +407,9 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
             `"bottleneck"` (ResNet-50 and deeper) or `"basic"` (ResNet-18/34).
         layers (`tuple[int]`, *optional*, defaults to `(3, 4, 6, 3)`):
             Blocks per stage (four stages).
+        channels (`tuple[int]`, *optional*, defaults to `(64, 128, 256, 512)`):
+            Width of each stage's blocks (a bottleneck block outputs 4x as many channels);
+            smaller values give a narrow ResNet, e.g. for tests.
         drop_path_rate (`float`, *optional*, defaults to 0.0):
             Stochastic depth.
         low_pass_prob (`float`, *optional*, defaults to 0.3):
@@ -431,6 +435,7 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
 
     block_type: str = "bottleneck"
     layers: tuple[int, ...] | list[int] = (3, 4, 6, 3)
+    channels: tuple[int, ...] | list[int] = (64, 128, 256, 512)
     drop_path_rate: float = 0.0
     low_pass_prob: float = 0.3
     _out_features: list[str] | None = None
@@ -440,6 +445,8 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
         self.check_field_types()
         _check(self.block_type in ("basic", "bottleneck"), f"`block_type` must be 'basic' or 'bottleneck', got {self.block_type!r}.")
         _check(len(self.layers) == 4 and all(n >= 1 for n in self.layers), f"`layers` must be 4 positive ints, got {list(self.layers)!r}.")
+        _check(len(self.channels) == 4 and all(n >= 1 for n in self.channels),
+               f"`channels` must be 4 positive ints, got {list(self.channels)!r}.")
         _check(0.0 <= self.drop_path_rate < 1.0, f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}.")
         self._set_four_stage_outputs(kwargs)
         super().__post_init__(**kwargs)
@@ -450,7 +457,8 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
 
     @property
     def summary(self) -> str:
-        return f"ResNet ({self.block_type} blocks, layers {list(self.layers)})"
+        width = "" if tuple(self.channels) == (64, 128, 256, 512) else f", channels {list(self.channels)}"
+        return f"ResNet ({self.block_type} blocks, layers {list(self.layers)}{width})"
 
     def classifier_options(self, official_head: bool) -> dict:
         """A ResNet classifier always reads the global average of the last map."""
@@ -459,7 +467,7 @@ class MFMResNetConfig(BackboneConfigMixin, MFMConfigBase):
     @property
     def stage_channels(self) -> list[int]:
         expansion = 4 if self.block_type == "bottleneck" else 1
-        return [64] + [64 * 2**i * expansion for i in range(4)]
+        return [64] + [width * expansion for width in self.channels]
 
     @property
     def num_features(self) -> int:

@@ -26,8 +26,10 @@ from .arguments import guard_output_dir
 from .configuration_mfm import PRESETS, config_from_preset
 from .families import family_of
 from .folder_lock import folder_claimed
-from .model_card import write_model_card
+from .image_processing import image_processor_for_config
+from .model_card import OFFICIAL_WEIGHTS_LICENSE, write_model_card
 from .modeling_common import refuse_non_finite_weights
+from .official import OFFICIAL_LICENSE
 from .safe_load import load_tensors
 
 IMAGENET_CLASSES = 1000
@@ -36,7 +38,6 @@ IMAGENET_CLASSES = 1000
 ARCH_ALIASES = {"vit-base": "vit-base-patch16-224", "vit-small": "vit-small-patch16-224", "resnet50": "resnet50",
                 "swin-base": "swin-base-patch4-window7-224"}
 
-OFFICIAL_LICENSE = "S-Lab License 1.0 (non-commercial use only), inherited from the official MFM release"
 
 
 class _InertConfigNode:
@@ -168,11 +169,13 @@ def convert(checkpoint: str | Path, arch: str, output: str | Path, image_size: O
         model.eval()
         output = Path(output)
         model.save_pretrained(output)
+        image_processor_for_config(model.config).save_pretrained(output)  # the converter's own folder: its processor
         write_model_card(
             output,
             template="converted_official.md",
             model=model,
             fields={"source_checkpoint": Path(checkpoint).name, "license_note": OFFICIAL_LICENSE, "arch": arch},
+            license=OFFICIAL_WEIGHTS_LICENSE,
         )
         if push_to_hub:
             from huggingface_hub import HfApi

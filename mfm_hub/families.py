@@ -66,7 +66,7 @@ class FamilyModel(Protocol):
 class FamilyForPreTraining(Protocol):
     """What a family's ``*ForPreTraining`` provides to the shared reconstruction forward."""
 
-    def encode_feature_map(self, pixel_values: torch.Tensor, output_hidden_states=None):
+    def encode_feature_map(self, pixel_values: torch.Tensor, output_hidden_states=None, output_attentions=None):
         """``(feature map (B, num_features, H / stride, W / stride), encoder outputs)`` of normalised images."""
 
 

@@ -34,7 +34,7 @@ def image_processor_for_config(config, do_normalize: bool = True, crop_pct: floa
         rescale_factor=1 / 255,
         do_normalize=do_normalize,
         image_mean=list(config.image_mean),
-        image_std=list(config.image_std),
+        image_std=list(config.image_scale),
     )
 
 
@@ -51,7 +51,7 @@ def segmentation_image_processor(config, height: int, width: int) -> SegformerIm
         rescale_factor=1 / 255,
         do_normalize=True,
         image_mean=list(config.image_mean),
-        image_std=list(config.image_std),
+        image_std=list(config.image_scale),
         do_reduce_labels=False,
     )
 

@@ -1,11 +1,80 @@
-"""Model cards rendered from the templates in ``model_cards/`` (installed as
-``mfm_hub.model_cards``), filled with facts read off the model and the caller's fields."""
+"""Model cards: the text rendered from the templates in ``model_cards/`` (installed as
+``mfm_hub.model_cards``) with facts read off the model and the caller's fields; the metadata
+(licence, Hub task, base model, datasets) set through huggingface_hub's `ModelCardData`, so a
+derived checkpoint (fine-tuned, segmentation, timm export) keeps its source's licence."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from string import Template
+from typing import Optional
+
+from huggingface_hub import ModelCard
+
+from .official import SOURCE_URL
+
+
+@dataclass(frozen=True)
+class CardLicense:
+    """A licence as the Hub's card metadata states it: an id (``apache-2.0``, or ``other`` with
+    a ``name`` and a ``link``)."""
+
+    license: str
+    name: Optional[str] = None
+    link: Optional[str] = None
+
+    def apply(self, card: ModelCard) -> None:
+        card.data.license = self.license
+        card.data.license_name = self.name
+        card.data.license_link = self.link
+
+    @property
+    def description(self) -> str:
+        return self.name or self.license
+
+
+#: The licence of the weights the MFM authors released, and so of everything derived from them.
+OFFICIAL_WEIGHTS_LICENSE = CardLicense("other", "s-lab-license-1.0", f"{SOURCE_URL}/blob/master/LICENSE")
+#: This project's own licence: the default for weights trained from scratch with it.
+PROJECT_LICENSE = CardLicense("apache-2.0")
+
+
+def source_license(source) -> Optional[CardLicense]:
+    """The licence a checkpoint's card states: a local folder's ``README.md``, or the official
+    licence for a zoo entry; None when the source says nothing (a preset, a bare folder)."""
+    from .official import OFFICIAL_CHECKPOINTS
+
+    if str(source) in OFFICIAL_CHECKPOINTS:
+        return OFFICIAL_WEIGHTS_LICENSE
+    readme = Path(str(source)) / "README.md"
+    if not readme.is_file():
+        return None
+    data = ModelCard.load(readme).data
+    if not data or not data.license:
+        return None
+    return CardLicense(data.license, getattr(data, "license_name", None), getattr(data, "license_link", None))
+
+
+def hub_base_model(source) -> Optional[str]:
+    """``source`` when it names a Hub repository (``owner/name`` and nothing local), for the
+    card's ``base_model``; None for presets, zoo names and local folders."""
+    text = str(source)
+    return text if len(Path(text).parts) == 2 and not text.startswith((".", "/", "~")) and not Path(text).exists() else None
+
+
+def pipeline_tag(model) -> str:
+    """The Hub task of ``model``: what the pipeline for it is called."""
+    from transformers import UperNetForSemanticSegmentation
+
+    from .families import FAMILIES
+
+    if isinstance(model, UperNetForSemanticSegmentation):
+        return "image-segmentation"
+    if isinstance(model, tuple(family.for_image_classification for family in FAMILIES.values())):
+        return "image-classification"
+    return "image-feature-extraction"
 
 CITATIONS = """```bibtex
 @inproceedings{xie2023masked,
@@ -25,7 +94,8 @@ CITATIONS = """```bibtex
 
 
 def architecture_summary(model) -> str:
-    shape = model.config.summary
+    backbone = getattr(model.config, "backbone_config", None)  # UperNet on an MFM backbone
+    shape = f"UperNet on {backbone.summary}" if backbone is not None else model.config.summary
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return f"{shape}; {params:.1f} M parameters ({type(model).__name__})"
 
@@ -43,10 +113,20 @@ def render_model_card(template: str, model, fields: dict[str, str]) -> str:
     return Template(text).substitute({**common, **fields})
 
 
-def write_model_card(output_dir: str | Path, template: str, model, fields: dict[str, str]) -> Path:
+def write_model_card(output_dir: str | Path, template: str, model, fields: dict[str, str], license: CardLicense = PROJECT_LICENSE,
+                     base_model: Optional[str] = None) -> Path:
+    """``output_dir/README.md``: the rendered template, with the licence, the Hub task of
+    ``model`` (`pipeline_tag`) and the base model it was derived from as card metadata."""
+    card = ModelCard(render_model_card(template, model, fields))
+    license.apply(card)
+    card.data.library_name = "transformers"
+    card.data.pipeline_tag = pipeline_tag(model)
+    if base_model:
+        card.data.base_model = base_model
     path = Path(output_dir) / "README.md"
-    path.write_text(render_model_card(template, model, fields))
+    card.save(path)
     return path
 
 
-__all__ = ["CITATIONS", "render_model_card", "write_model_card"]
+__all__ = ["CITATIONS", "OFFICIAL_WEIGHTS_LICENSE", "PROJECT_LICENSE", "CardLicense", "hub_base_model", "pipeline_tag",
+           "render_model_card", "source_license", "write_model_card"]

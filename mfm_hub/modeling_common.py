@@ -3,21 +3,28 @@ the corruption + frequency-loss objective, the linear decoder, and strict checkp
 
 from __future__ import annotations
 
+import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from functools import cache
+from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import IMAGE_PROCESSOR_NAME, ModelOutput, can_return_tuple, logging
 
 from .frequency import apply_frequency_mask, frequency_distance, masked_frequency_loss
 from .image_processing import image_processor_for_config
 from .pretext import Corruption, get_pretext_task
+
+logger = logging.get_logger(__name__)
 
 #: Tolerance on the [0, 1] range check of pre-training inputs (resampling overshoot).
 UNIT_RANGE_TOLERANCE = 1e-3
@@ -36,7 +43,10 @@ class MFMPreTrainingOutput(ModelOutput):
     corrupted_pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`):
         the corrupted input before normalisation (what the encoder saw, in [0, 1] except for
         the unclipped noise corruption).
-    hidden_states (`tuple(torch.FloatTensor)`, *optional*): the encoder's hidden states.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*): the encoder's hidden states, as its
+        base model returns them (``output_hidden_states=True``).
+    attentions (`tuple(torch.FloatTensor)`, *optional*): the encoder's attention probabilities,
+        one per block, as its base model returns them (``output_attentions=True``; ViT and Swin).
     """
 
     loss: Optional[torch.FloatTensor] = None
@@ -44,6 +54,7 @@ class MFMPreTrainingOutput(ModelOutput):
     frequency_mask: Optional[torch.FloatTensor] = None
     corrupted_pixel_values: Optional[torch.FloatTensor] = None
     hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
+    attentions: Optional[tuple[torch.FloatTensor, ...]] = None
 
 
 @dataclass
@@ -56,6 +67,66 @@ class Reconstruction:
     reconstruction: torch.Tensor
     corruption: Corruption
     encoder_outputs: ModelOutput
+
+
+@cache
+def _checkpointable_class(layer_class: type) -> type:
+    # same name, so `_no_split_modules` and printed models still read as timm's layer
+    return type(layer_class.__name__, (GradientCheckpointingLayer, layer_class), {"__module__": layer_class.__module__})
+
+
+def make_checkpointable(layers) -> None:
+    """Turn timm's repeated layers (transformer blocks, residual blocks) into transformers'
+    `GradientCheckpointingLayer`s in place: same parameters and forward, and
+    ``activation_checkpointing_enable(...)`` / ``_disable()`` switch their checkpointing as in
+    any transformers model (reentrant or not, ``every_n_layers``)."""
+    for layer in layers:
+        layer.__class__ = _checkpointable_class(type(layer))
+
+
+class AttentionRecorder:
+    """For a timm attention module that picks its kernel with ``fused_attn`` and applies
+    ``attn_drop`` to the attention probabilities on its math path: while ``recording``, it runs
+    the math path (so the probabilities exist) whatever kernel it would pick otherwise
+    (`uses_fused_kernel`), see `recorded_attentions`."""
+
+    recording = False
+
+    def uses_fused_kernel(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def fused_attn(self) -> bool:
+        return not self.recording and self.uses_fused_kernel()
+
+
+@contextmanager
+def recorded_attentions(encoder: nn.Module, enabled: bool) -> Iterator[Optional[list[torch.Tensor]]]:
+    """While active, the attention probabilities (after dropout, as transformers returns them)
+    of every `AttentionRecorder` in ``encoder``, appended in call order to the yielded list;
+    None when not ``enabled``. Activation checkpointing is paused meanwhile, so that no
+    backward recomputes a layer outside the recording."""
+    if not enabled:
+        yield None
+        return
+    recorders = [module for module in encoder.modules() if isinstance(module, AttentionRecorder)]
+    checkpointed = [module for module in encoder.modules()
+                    if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing]
+    weights: list[torch.Tensor] = []
+    hooks = [module.attn_drop.register_forward_hook(lambda _, __, probabilities: weights.append(probabilities)) for module in recorders]
+    for module in recorders:
+        module.recording = True
+    for module in checkpointed:
+        module.gradient_checkpointing = False
+    try:
+        yield weights
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module in recorders:
+            module.recording = False
+        for module in checkpointed:
+            module.gradient_checkpointing = True
 
 
 def prepare_pixel_values(pixel_values: torch.Tensor, num_channels: int, stride: int, what: str, dtype: torch.dtype) -> torch.Tensor:
@@ -162,7 +233,7 @@ def _statistics(config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     def as_tensor(values):
         return torch.tensor(values, device=like.device, dtype=like.dtype).view(-1, 1, 1)
 
-    return as_tensor(config.image_mean), as_tensor(config.image_std)
+    return as_tensor(config.image_mean), as_tensor(config.image_scale)
 
 
 def normalize(pixel_values: torch.Tensor, config) -> torch.Tensor:
@@ -275,7 +346,13 @@ class MFMPreTrainedModel(PreTrainedModel):
         return encoded.pooler_output
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
+        """transformers' ``from_pretrained``: weights a checkpoint of another task lacks (a new
+        classifier, decoder or neck) are initialised and reported (``output_loading_info``,
+        transformers' log), and weights of another shape need ``ignore_mismatched_sizes``. Any
+        other missing weight, part of the encoder, is an error naming it; with ``strict=False``
+        it is initialised as well, with a warning naming every one. A checkpoint of another
+        family, or with NaN / inf weights, is always an error."""
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         if kwargs.get("config") is None:
             saved_type = cls.config_class.get_config_dict(source)[0].get("model_type")
@@ -302,36 +379,60 @@ class MFMPreTrainedModel(PreTrainedModel):
             entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info["mismatched_keys"]
         ]
         refuse_non_finite_weights((*model.named_parameters(), *model.named_buffers()), f"The checkpoint {source}")
+        if missing and not strict:
+            logger.warning(f"{source} lacks these weights of {cls.__name__}, initialised instead (strict=False): "
+                           f"{', '.join(sorted(missing))}.")
+            missing = []
         if missing or mismatched:
             details = []
             if missing:
                 details.append(f"missing from the checkpoint: {', '.join(sorted(missing))}")
             if mismatched:
-                details.append(f"with a different shape: {', '.join(sorted(mismatched))}")
-            raise ValueError(
-                f"The checkpoint does not match {cls.__name__} with this config; weights "
-                + "; ".join(details)
-                + ". Load it with the config it was saved with."
-            )
+                details.append(f"with a different shape: {', '.join(sorted(mismatched))} (ignore_mismatched_sizes=True initialises them)")
+            advice = " or pass strict=False to initialise the missing ones" if missing else ""
+            raise ValueError(f"The checkpoint does not match {cls.__name__} with this config; weights {'; '.join(details)}. "
+                             f"Load it with the config it was saved with{advice}.")
         return (model, info) if output_loading_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``, plus the model's image processor
+        (`image_processor_for_config`) where the folder holds none: an image processor already
+        there (the user's own, or one on the Hub repo `push_to_hub` writes to) is kept, with a
+        warning when it differs from this model's."""
         if self._auto_class is not None:
             # every Auto class of the family (set by `register_family`), so a checkpoint saved by one
             # class loads as the others with trust_remote_code
             self.config.auto_map = dict(getattr(type(self.config), "family_auto_map", None) or self.config.auto_map or {})
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            image_processor_for_config(self.config).save_pretrained(save_directory)
+        if kwargs.get("is_main_process", True) and not getattr(self, "_hub_repo_has_processor", False):
+            processor = image_processor_for_config(self.config)
+            existing = Path(save_directory) / IMAGE_PROCESSOR_NAME
+            if not existing.exists():
+                processor.save_pretrained(save_directory)
+            elif json.loads(existing.read_text()) != json.loads(processor.to_json_string()):
+                logger.warning(f"Kept the image processor already in {save_directory}; it differs from this model's. To use the "
+                               f"model's, save `mfm_hub.image_processor_for_config(model.config)` there.")
         return result
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """transformers' ``push_to_hub``, without replacing an image processor the repository already has."""
+        from huggingface_hub import file_exists
+
+        self._hub_repo_has_processor = file_exists(repo_id, IMAGE_PROCESSOR_NAME, revision=kwargs.get("revision"),
+                                                   token=kwargs.get("token"))
+        try:
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        finally:
+            del self._hub_repo_has_processor
 
 
 class MFMForPreTrainingMixin:
     """The pre-training forward shared by every encoder family: corrupt -> normalise ->
     encode to a stride-``s`` feature map -> linear decoder -> frequency loss.
 
-    Subclasses provide ``encode_feature_map(normalized_pixels, output_hidden_states)``
-    returning ``(feature_map (B, D, H/s, W/s), encoder outputs)`` and a ``decoder``.
+    Subclasses provide ``encode_feature_map(normalized_pixels, output_hidden_states,
+    output_attentions)`` returning ``(feature_map (B, D, H/s, W/s), encoder outputs)`` and a
+    ``decoder``.
     """
 
     @can_return_tuple
@@ -341,6 +442,7 @@ class MFMForPreTrainingMixin:
         frequency_mask: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         output_hidden_states: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
         **kwargs,
     ) -> MFMPreTrainingOutput:
         r"""
@@ -349,19 +451,24 @@ class MFMForPreTrainingMixin:
         frequency_mask (`torch.FloatTensor` of shape `(batch, 1, height, width)`, *optional*):
             use this mask (shifted coordinates, 1 = kept) instead of sampling one.
         generator (`torch.Generator`, *optional*): seeds the sampled corruption.
+        output_hidden_states, output_attentions (`bool`, *optional*): return the encoder's hidden
+            states / attention probabilities (default: the config's).
+
+        Returns `MFMPreTrainingOutput` (a tuple with ``return_dict=False``).
         """
-        result = self.reconstruct(pixel_values, frequency_mask, generator, output_hidden_states)
+        result = self.reconstruct(pixel_values, frequency_mask, generator, output_hidden_states, output_attentions=output_attentions)
         output = MFMPreTrainingOutput(
             loss=result.loss,
             reconstruction=result.reconstruction,
             frequency_mask=result.corruption.frequency_mask,
             corrupted_pixel_values=result.corruption.pixel_values,
             hidden_states=result.encoder_outputs.hidden_states,
+            attentions=getattr(result.encoder_outputs, "attentions", None),
         )
         return output
 
     def reconstruct(self, pixel_values, frequency_mask=None, generator=None, output_hidden_states=None,
-                    objective_config=None) -> Reconstruction:
+                    objective_config=None, output_attentions=None) -> Reconstruction:
         """Check, corrupt, encode and reconstruct ``(B, C, H, W)`` images in [0, 1]. An
         ``objective_config`` replaces the model's pretext task and loss settings (to put another
         task to a trained model, as the demo does); normalisation stays the model's."""
@@ -371,7 +478,8 @@ class MFMForPreTrainingMixin:
         check_unit_range(pixel_values)
         objective = objective_config or self.config
         corruption = corrupt(pixel_values, objective, generator, frequency_mask)
-        features, encoded = self.encode_feature_map(normalize(corruption.pixel_values, self.config), output_hidden_states)
+        features, encoded = self.encode_feature_map(normalize(corruption.pixel_values, self.config), output_hidden_states,
+                                                    output_attentions)
         reconstruction = self.decoder(features)
         loss = reconstruction_loss(reconstruction, normalize(pixel_values, self.config), corruption.frequency_mask, objective)
         return Reconstruction(loss, reconstruction, corruption, encoded)
@@ -388,10 +496,17 @@ class MFMStageBackboneMixin:
         output_hidden_states: Optional[bool] = None,
         **kwargs,
     ) -> BackboneOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): normalised images.
+
+        Returns `BackboneOutput`: ``feature_maps``, one ``(batch, channels_i, height_i, width_i)`` map per
+        ``out_features`` stage; ``hidden_states`` (every stage's map) and ``attentions`` (Swin) on request.
+        """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        outputs = self.base_model(pixel_values, output_hidden_states=True, return_dict=True)
+        outputs = self.base_model(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
         feature_maps = tuple(hidden for stage, hidden in zip(self.stage_names, outputs.hidden_states) if stage in self.out_features)
-        output = BackboneOutput(feature_maps=feature_maps, hidden_states=outputs.hidden_states if output_hidden_states else None)
+        output = BackboneOutput(feature_maps=feature_maps, hidden_states=outputs.hidden_states if output_hidden_states else None,
+                                attentions=getattr(outputs, "attentions", None))
         return output
 
 
@@ -417,16 +532,20 @@ class MFMForImageClassificationMixin:
         **kwargs,
     ) -> ImageClassifierOutput:
         r"""
-        pixel_values (`(batch, channels, height, width)`): normalised images.
-        labels (`(batch,)`, *optional*): class indices; gives ``loss``.
-        Returns logits ``(batch, num_labels)``.
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): normalised images.
+        labels (`torch.LongTensor` of shape `(batch,)`, *optional*): class indices (or what
+            ``config.problem_type`` asks for); gives ``loss``.
+
+        Returns `ImageClassifierOutput`: ``logits`` ``(batch, num_labels)``, ``loss`` with labels,
+        ``hidden_states`` / ``attentions`` of the encoder on request.
         """
-        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         if labels is not None:
             check_labels(labels, logits.shape[0], self.config)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=getattr(outputs, "attentions", None))
         return output
 
 

@@ -71,6 +71,7 @@ class Prototypes(nn.Linear):
         self.normalize = normalize
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``(N, bottleneck)`` -> prototype logits ``(N, K)``."""
         return F.linear(features, F.normalize(self.weight, dim=-1) if self.normalize else self.weight)
 
 
@@ -88,6 +89,7 @@ class ProjectionHead(nn.Module):
         self.prototypes = Prototypes(bottleneck_dim, output_dim, normalize_prototypes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features ``(N, num_features)`` -> prototype logits ``(N, K)``."""
         return self.prototypes(F.normalize(self.mlp(features), dim=-1))
 
 
@@ -286,6 +288,10 @@ class FOLKForPreTraining(MFMPreTrainedModel):
         frequency_mask (`(2 * batch, 1, height, width)`, *optional*): masks to use instead of
             the sampled Com/RCom masks (view-major).
         generator (`torch.Generator`, *optional*): seeds the masks.
+
+        Returns `FOLKPreTrainingOutput` (a tuple with ``return_dict=False``): the total ``loss``, its
+        two terms, the student's ``reconstruction`` ``(2 * batch, channels, height, width)`` and the
+        teacher's target statistics.
         """
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
             got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__

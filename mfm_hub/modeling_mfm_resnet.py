@@ -26,6 +26,7 @@ from .modeling_common import (
     MFMStageBackboneMixin,
     default_conv_init,
     linear_decoder,
+    make_checkpointable,
     prepare_pixel_values,
 )
 
@@ -37,20 +38,10 @@ class MFMResNetPreTrainedModel(MFMPreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Bottleneck", "BasicBlock"]
 
-    #: layout of the convolution weights and inputs: channels-last (NHWC) makes the ResNet's
-    #: pre-training step faster on CPU in fp32 and bf16 (docs/SPEED.md)
+    #: layout of the inputs, and so of every activation: channels-last (NHWC) makes the ResNet's
+    #: pre-training step faster on CPU in fp32 and bf16 (docs/SPEED.md). The weights keep the
+    #: default layout, as transformers expects of parameters; the convolutions follow the input.
     memory_format = torch.channels_last
-
-    def post_init(self) -> None:
-        super().post_init()
-        self.to(memory_format=self.memory_format)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Loaded weights come back in the default layout; they are put back in ``memory_format``."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        (loaded[0] if isinstance(loaded, tuple) else loaded).to(memory_format=cls.memory_format)
-        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -103,12 +94,14 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
         self.encoder = ResNet(
             block=Bottleneck if config.block_type == "bottleneck" else BasicBlock,
             layers=list(config.layers),
+            channels=tuple(config.channels),
             in_chans=config.num_channels,
             num_classes=0,
             global_pool="",
             drop_path_rate=config.drop_path_rate,
         )
-        self.gradient_checkpointing = False
+        make_checkpointable(block for stage in (self.encoder.layer1, self.encoder.layer2, self.encoder.layer3, self.encoder.layer4)
+                            for block in stage)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -121,9 +114,11 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
     def timm_architecture(self) -> tuple[str, dict, str]:
         """timm's name and arguments for this encoder, and its classifier's name (`mfm_hub.timm_export`)."""
         key = (self.config.block_type, tuple(self.config.layers))
-        if key not in TIMM_RESNETS:
+        widths = tuple(self.config.channels)
+        if key not in TIMM_RESNETS or widths != (64, 128, 256, 512):
             shapes = ", ".join(f"{name} ({block}, layers {list(layers)})" for (block, layers), name in TIMM_RESNETS.items())
-            raise ValueError(f"No timm architecture has {key[0]} blocks with layers {list(key[1])}; timm export supports {shapes}.")
+            raise ValueError(f"No timm architecture has {key[0]} blocks with layers {list(key[1])} and channels {list(widths)}; "
+                             f"timm export supports {shapes}, each with channels [64, 128, 256, 512].")
         return TIMM_RESNETS[key], dict(in_chans=self.config.num_channels, global_pool="avg"), "fc"
 
     @can_return_tuple
@@ -133,6 +128,14 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): normalised images.
+        output_hidden_states (`bool`, *optional*): default: the config's. A ResNet has no attentions.
+
+        Returns `BaseModelOutputWithPoolingAndNoAttention`: ``last_hidden_state`` ``(batch, num_features,
+        height / 32, width / 32)``, ``pooler_output`` ``(batch, num_features)``, ``hidden_states`` (the stem
+        and the four stages, ``(batch, channels_i, height_i, width_i)``) on request.
+        """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         pixel_values = prepare_pixel_values(pixel_values, self.config.num_channels, 1, "stride", self.dtype)
         pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
@@ -140,10 +143,7 @@ class MFMResNetModel(MFMResNetPreTrainedModel):
         hidden = enc.maxpool(enc.act1(enc.bn1(enc.conv1(pixel_values))))
         all_hidden = [hidden]
         for stage in (enc.layer1, enc.layer2, enc.layer3, enc.layer4):
-            if self.gradient_checkpointing and self.training:
-                hidden = self._gradient_checkpointing_func(stage, hidden)
-            else:
-                hidden = stage(hidden)
+            hidden = stage(hidden)
             all_hidden.append(hidden)
         output = BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=hidden,
@@ -165,7 +165,7 @@ class MFMResNetForPreTraining(MFMForPreTrainingMixin, MFMResNetPreTrainedModel):
         self.decoder = linear_decoder(config.num_features, config.encoder_stride, config.num_channels)
         self.post_init()
 
-    def encode_feature_map(self, pixel_values, output_hidden_states=None):
+    def encode_feature_map(self, pixel_values, output_hidden_states=None, output_attentions=None):
         outputs = self.mfm_resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         return outputs.last_hidden_state, outputs
 

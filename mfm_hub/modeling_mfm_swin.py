@@ -14,19 +14,32 @@ from timm.models.swin_transformer import SwinTransformer, WindowAttention, check
 from torch import nn
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import can_return_tuple
 
 from .configuration_mfm import MFMSwinConfig
 from .modeling_common import (
+    AttentionRecorder,
     MFMForImageClassificationMixin,
     MFMForPreTrainingMixin,
     MFMPreTrainedModel,
     MFMStageBackboneMixin,
     default_conv_init,
     linear_decoder,
+    make_checkpointable,
     prepare_pixel_values,
+    recorded_attentions,
 )
+
+
+class MFMSwinAttention(AttentionRecorder, WindowAttention):
+    """timm's window attention, with its kernel choice kept (``fused_kernel``) and its
+    probabilities recordable (`mfm_hub.modeling_common.recorded_attentions`)."""
+
+    fused_kernel: bool = False
+
+    def uses_fused_kernel(self) -> bool:
+        return self.fused_kernel
 
 
 class MFMSwinPreTrainedModel(MFMPreTrainedModel):
@@ -68,7 +81,7 @@ class MFMSwinModel(MFMSwinPreTrainedModel):
     Input: normalised ``pixel_values`` ``(B, C, H, W)``, H and W divisible by 32 (timm's
     dynamic size mode pads grids that the window does not divide and builds the shifted
     window masks per input).
-    Output: `BaseModelOutputWithPoolingAndNoAttention` with ``last_hidden_state`` the normed
+    Output: `BaseModelOutputWithPooling` with ``last_hidden_state`` the normed
     stride-32 map ``(B, 8 * embed_dim, H/32, W/32)``, ``pooler_output`` its global average
     ``(B, 8 * embed_dim)`` and, on request, ``hidden_states``: the patch embedding and the
     four stages as ``(B, C_i, H_i, W_i)`` maps, matching ``config.stage_names``.
@@ -90,7 +103,11 @@ class MFMSwinModel(MFMSwinPreTrainedModel):
             drop_path_rate=config.drop_path_rate,
             dynamic_img_size=True,
         )
-        self.gradient_checkpointing = False
+        blocks = [block for stage in self.encoder.layers for block in stage.blocks]
+        for block in blocks:
+            block.attn.__class__ = MFMSwinAttention  # same parameters; its probabilities become recordable
+            block.attn.fused_kernel = vars(block.attn).pop("fused_attn")
+        make_checkpointable(blocks)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -101,25 +118,33 @@ class MFMSwinModel(MFMSwinPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
         **kwargs,
-    ) -> BaseModelOutputWithPoolingAndNoAttention:
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): normalised images.
+        output_hidden_states, output_attentions (`bool`, *optional*): default: the config's.
+
+        Returns `BaseModelOutputWithPooling` (see the class docstring); ``attentions`` on request: one per
+        block, ``(batch * windows, num_heads_i, window_size^2, window_size^2)``, as transformers' Swin.
+        """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         pixel_values = prepare_pixel_values(
             pixel_values, self.config.num_channels, self.config.encoder_stride, "encoder stride", self.dtype
         )
         hidden = self.encoder.patch_embed(pixel_values)
         all_hidden = [_to_map(hidden)]
-        for stage in self.encoder.layers:
-            if self.gradient_checkpointing and self.training:
-                hidden = self._gradient_checkpointing_func(stage, hidden)
-            else:
+        with recorded_attentions(self.encoder, output_attentions) as attentions:
+            for stage in self.encoder.layers:
                 hidden = stage(hidden)
-            all_hidden.append(_to_map(hidden))
+                all_hidden.append(_to_map(hidden))
         last = _to_map(self.encoder.norm(hidden))
-        output = BaseModelOutputWithPoolingAndNoAttention(
+        output = BaseModelOutputWithPooling(
             last_hidden_state=last,
             pooler_output=last.mean(dim=(-2, -1)),
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
         )
         return output
 
@@ -157,8 +182,9 @@ class MFMSwinForPreTraining(MFMForPreTrainingMixin, MFMSwinPreTrainedModel):
         self.decoder = linear_decoder(config.num_features, config.encoder_stride, config.num_channels)
         self.post_init()
 
-    def encode_feature_map(self, pixel_values, output_hidden_states=None):
-        outputs = self.mfm_swin(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+    def encode_feature_map(self, pixel_values, output_hidden_states=None, output_attentions=None):
+        outputs = self.mfm_swin(pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                                return_dict=True)
         return outputs.last_hidden_state, outputs
 
 

@@ -26,24 +26,26 @@ from transformers.utils import can_return_tuple
 from .attention import resolve_attention_backend
 from .configuration_mfm import MFMViTConfig
 from .modeling_common import (
+    AttentionRecorder,
     MFMForImageClassificationMixin,
     MFMForPreTrainingMixin,
     MFMPreTrainedModel,
     default_conv_init,
     linear_decoder,
+    make_checkpointable,
     prepare_pixel_values,
+    recorded_attentions,
 )
 
 
-class MFMViTAttention(BeitAttention):
+class MFMViTAttention(AttentionRecorder, BeitAttention):
     """timm's BEiT attention whose kernel follows ``backend`` (`mfm_hub.attention`): with
     "auto" it is chosen on every call from the device and compute dtype, so one model runs
     the fastest kernel in fp32 and under bf16 autocast, and torch.compile sees a constant."""
 
     backend: str = "auto"
 
-    @property
-    def fused_attn(self) -> bool:
+    def uses_fused_kernel(self) -> bool:
         return resolve_attention_backend(self.backend, self.qkv.weight) == "sdpa"
 
 
@@ -156,7 +158,7 @@ class MFMViTModel(MFMViTPreTrainedModel):
             block.attn.__class__ = MFMViTAttention  # same parameters; only how the kernel is chosen differs
             vars(block.attn).pop("fused_attn")
             block.attn.backend = backend
-        self.gradient_checkpointing = False
+        make_checkpointable(self.encoder.blocks)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -195,18 +197,28 @@ class MFMViTModel(MFMViTPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): normalised images.
+        output_hidden_states, output_attentions (`bool`, *optional*): default: the config's.
+
+        Returns `BaseModelOutputWithPooling`: ``last_hidden_state`` ``(batch, 1 + patches, hidden_size)``,
+        ``pooler_output`` ``(batch, hidden_size)``, ``hidden_states`` (``num_hidden_layers + 1`` of
+        ``(batch, 1 + patches, hidden_size)``) and ``attentions`` (``num_hidden_layers`` of
+        ``(batch, num_attention_heads, 1 + patches, 1 + patches)``, computed with the written-out
+        kernel) on request.
+        """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         hidden, _ = self.embed(pixel_values)
         all_hidden = [hidden] if output_hidden_states else None
-        for block in self.encoder.blocks:
-            if self.gradient_checkpointing and self.training:
-                hidden = self._gradient_checkpointing_func(block, hidden)
-            else:
+        with recorded_attentions(self.encoder, output_attentions) as attentions:
+            for block in self.encoder.blocks:
                 hidden = block(hidden)
-            if output_hidden_states:
-                all_hidden.append(hidden)
+                if output_hidden_states:
+                    all_hidden.append(hidden)
         last_hidden_state = self.encoder.norm(hidden)
         if self.config.use_mean_pooling:
             pooled = self.encoder.fc_norm(hidden[:, 1:].mean(dim=1))
@@ -218,9 +230,9 @@ class MFMViTModel(MFMViTPreTrainedModel):
             last_hidden_state=last_hidden_state,
             pooler_output=pooled,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
         )
         return output
-
 
     def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, D)``: the mean of the normed patch tokens, what the frozen-feature evaluation
@@ -267,8 +279,9 @@ class MFMViTForPreTraining(MFMForPreTrainingMixin, MFMViTPreTrainedModel):
         self.decoder = linear_decoder(config.hidden_size, config.patch_size, config.num_channels)
         self.post_init()
 
-    def encode_feature_map(self, pixel_values, output_hidden_states=None):
-        outputs = self.mfm_vit(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+    def encode_feature_map(self, pixel_values, output_hidden_states=None, output_attentions=None):
+        outputs = self.mfm_vit(pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                               return_dict=True)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         return tokens_to_map(outputs.last_hidden_state[:, 1:], grid), outputs
 
@@ -323,8 +336,15 @@ class MFMViTBackbone(BackboneMixin, MFMViTPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         **kwargs,
     ) -> BackboneOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): normalised images.
+
+        Returns `BackboneOutput`: ``feature_maps``, one ``(batch, hidden_size, height_i, width_i)`` map per
+        ``out_features`` block (strides p/4, p/2, p, 2p with ``add_fpn``, else p); ``hidden_states`` and
+        ``attentions`` of the encoder on request.
+        """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        outputs = self.mfm_vit(pixel_values, output_hidden_states=True, return_dict=True)
+        outputs = self.mfm_vit(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         feature_maps = [
             tokens_to_map(hidden[:, 1:], grid)
@@ -336,6 +356,7 @@ class MFMViTBackbone(BackboneMixin, MFMViTPreTrainedModel):
         output = BackboneOutput(
             feature_maps=tuple(feature_maps),
             hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
         )
         return output
 

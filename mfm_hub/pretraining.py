@@ -16,7 +16,7 @@ from . import data as mfm_data
 from .configuration_mfm import PRESETS, check_model_source, resolve_config
 from .families import family_of
 from .image_processing import image_processor_for_config
-from .model_card import write_model_card
+from .model_card import PROJECT_LICENSE, hub_base_model, source_license, write_model_card
 from .pretext import PRETEXT_TASKS, get_pretext_task
 from .visualization import logged_losses, plot_loss_curve, reconstruction_grid
 
@@ -89,10 +89,11 @@ def describe_recipe(args: transformers.TrainingArguments, steps: int) -> str:
 
 
 def export_pretrained(trainer: transformers.Trainer, objective: str, figure_pixels: torch.Tensor, data: mfm_data.DatasetReference,
-                      num_images: Optional[int], wall_time: float) -> Path:
+                      num_images: Optional[int], wall_time: float, source: str) -> Path:
     """Save the backbone (FOLK: the encoder ``folk_export`` names), its image processor,
     ``loss_curve.png``, ``reconstructions.png`` (of ``figure_pixels``) and the model card into
-    the run's output folder."""
+    the run's output folder. A run that continued from a checkpoint (``source``, the script's
+    ``--model``) keeps that checkpoint's licence."""
     model, args = trainer.model, trainer.args
     config = model.config
     task = get_pretext_task(config.pretext_task)
@@ -101,12 +102,14 @@ def export_pretrained(trainer: transformers.Trainer, objective: str, figure_pixe
     output = Path(args.output_dir)
     backbone = model.exported_backbone() if is_folk else model.base_model
     backbone.save_pretrained(output)
+    image_processor_for_config(backbone.config).save_pretrained(output)  # the run's folder: its processor, whatever was there
     plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", title=f"{title} pre-training",
                     num_prototypes=config.folk_head_output_dim if is_folk else None)
     reconstruction_grid(model, figure_pixels, output / "reconstructions.png",
                         generator=torch.Generator(model.device).manual_seed(args.seed), title=f"{title} pre-training")
     losses = [loss for _, loss in logged_losses(trainer.state.log_history)]
-    write_model_card(output, "pretrained.md", backbone, {
+    license = source_license(source) or PROJECT_LICENSE
+    write_model_card(output, "pretrained.md", backbone, license=license, base_model=hub_base_model(source), fields={
         "model_name": args.hub_model_id or output.name,
         "datasets": f"datasets:\n- {data.hub_id}\n" if data.hub_id else "",
         "dataset_name": data.name,

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from huggingface_hub import ModelCard
 
 from .arguments import guard_output_dir
 from .configuration_mfm import check_model_source
 from .families import saved_model_class
 from .folder_lock import folder_claimed
 from .image_processing import EVAL_CROP_PCT
+from .model_card import CardLicense, source_license
 from .modeling_common import refuse_non_finite_weights
 
 
@@ -53,7 +55,9 @@ def to_timm(model):
 def export_to_timm(source, output: str | Path, push_to_hub: Optional[str] = None, overwrite: bool = False,
                    license: Optional[str] = None) -> Path:
     """Write ``source`` (a model, a checkpoint folder or a Hub id) as a timm checkpoint in
-    ``output`` and optionally push it; an ``output`` holding files is refused unless ``overwrite``."""
+    ``output`` and optionally push it; an ``output`` holding files is refused unless ``overwrite``.
+    The licence is ``license``, else the one the source checkpoint's card states (the official
+    weights' S-Lab licence carries over), recorded in ``pretrained_cfg`` and the card."""
     from timm.models._hub import save_for_hf
 
     with folder_claimed(output):  # held while writing; a script's own claim stays until it exits
@@ -65,7 +69,7 @@ def export_to_timm(source, output: str | Path, push_to_hub: Optional[str] = None
         timm_model, arguments = to_timm(model)
         config = model.config
         data = dict(input_size=(config.num_channels, config.image_size, config.image_size), interpolation="bicubic",
-                    crop_pct=EVAL_CROP_PCT, crop_mode="center", mean=tuple(config.image_mean), std=tuple(config.image_std))
+                    crop_pct=EVAL_CROP_PCT, crop_mode="center", mean=tuple(config.image_mean), std=tuple(config.image_scale))
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
         save_for_hf(timm_model, str(output), model_args=arguments, safe_serialization=True, data_config=data)
@@ -73,18 +77,26 @@ def export_to_timm(source, output: str | Path, push_to_hub: Optional[str] = None
         exported = json.loads(path.read_text())
         exported["pretrained_cfg"]["tag"] = "mfm_hub"  # not the ImageNet weights of the architecture we borrowed
         exported["pretrained_cfg"].pop("license", None)
-        if license:
-            exported["pretrained_cfg"]["license"] = license
+        card_license = CardLicense(license) if license else (None if isinstance(source, torch.nn.Module) else source_license(source))
+        if card_license:
+            exported["pretrained_cfg"]["license"] = card_license.name or card_license.license
         if getattr(config, "id2label", None) and arguments["num_classes"]:
             exported["pretrained_cfg"]["label_names"] = [config.id2label[i] for i in range(arguments["num_classes"])]
         path.write_text(json.dumps(exported, indent=2))
-        name = output.name
-        (output / "README.md").write_text(
-            f"---\nlibrary_name: timm\ntags:\n- image-feature-extraction\n- mfm\n- timm\n---\n\n# {name} (timm format)\n\n"
-            f"An MFM {type(model).__name__} exported by `python -m mfm_hub.timm_export` as timm's "
-            f"`{exported['architecture']}` with explicit arguments (see `config.json`).\n\n```python\nimport timm\n"
+        card = ModelCard(
+            f"# {output.name} (timm format)\n\n"
+            f"An MFM {type(model).__name__} ({config.summary}) exported by `python -m mfm_hub.timm_export`. timm builds it "
+            f"through its `{exported['architecture']}` entry point with the explicit arguments in `config.json` (that entry "
+            f"point's own shape is overridden), so timm loads it without mfm_hub installed.\n\n```python\nimport timm\n"
             f"model = timm.create_model(\"hf-hub:<this repo>\", pretrained=True)          # or \"local-dir:<folder>\"\n"
-            f"features = timm.create_model(\"hf-hub:<this repo>\", pretrained=True, features_only=True)\n```\n")
+            f"features = timm.create_model(\"hf-hub:<this repo>\", pretrained=True, features_only=True)\n```\n"
+            + (f"\nLicence: {card_license.description}.\n" if card_license else ""))
+        card.data.library_name = "timm"
+        card.data.tags = ["mfm", "timm"]
+        card.data.pipeline_tag = "image-classification" if arguments["num_classes"] else "image-feature-extraction"
+        if card_license:
+            card_license.apply(card)
+        card.save(output / "README.md")
         if push_to_hub:
             from huggingface_hub import HfApi
 

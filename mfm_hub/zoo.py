@@ -20,86 +20,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, constants
 
-from .convert_official import OFFICIAL_LICENSE, convert
+from .convert_official import convert
 from .folder_lock import folder_claimed
+from .official import (
+    BACKBONES,
+    METHOD_NAMES,
+    OFFICIAL_CHECKPOINTS,
+    OFFICIAL_LICENSE,
+    SOURCE_URL,
+    ZOO_URL_ENV,
+    OfficialCheckpoint,
+    get,
+)
 
-ZOO_URL_ENV = "MFM_HUB_ZOO_URL"
-DRIVE_URL = "https://drive.google.com/uc?id={file_id}"
-SOURCE_URL = "https://github.com/Jiahao000/MFM"
-METHOD_NAMES = {"mfm": "MFM", "sr": "SR", "deblur": "Deblur", "denoise": "Denoise"}
-BACKBONES = {"vit-b16": ("vit-base-patch16-224", "ViT-B/16"), "resnet50": ("resnet50", "ResNet-50")}
 _COMPLETE = ".complete"
-
-
-@dataclass(frozen=True)
-class OfficialCheckpoint:
-    """One released file. ``reported_top1`` is the authors' ImageNet-1k top-1 of the fine-tuned
-    model (for a pre-trained file: of the fine-tuning(s) that started from it)."""
-
-    method: str
-    backbone: str
-    pretrain_epochs: int
-    finetune_epochs: Optional[int]
-    reported_top1: tuple[tuple[int, float], ...]  # (fine-tune epochs, top-1 %)
-    file_id: str
-
-    @property
-    def name(self) -> str:
-        suffix = f"-ft{self.finetune_epochs}" if self.finetune_epochs else ""
-        return f"{self.method}-{self.backbone}-pt{self.pretrain_epochs}{suffix}"
-
-    @property
-    def arch(self) -> str:
-        return BACKBONES[self.backbone][0]
-
-    @property
-    def stage(self) -> str:
-        return "fine-tuned" if self.finetune_epochs else "pre-trained"
-
-    def url(self, url_template: Optional[str] = None) -> str:
-        return (url_template or os.environ.get(ZOO_URL_ENV) or DRIVE_URL).format(file_id=self.file_id)
-
-
-def _released() -> dict[str, OfficialCheckpoint]:
-    """The official README's table (9 rows, 17 files: the MFM ResNet-50 pre-trained file
-    serves both of its fine-tuning rows)."""
-    rows = [  # method, backbone, fine-tune epochs, top-1, pre-trained file id, fine-tuned file id
-        ("sr", "vit-b16", 100, 82.4, "1NvysdzymzbuIT5BlhczLy5qZJ7wL4dbO", "12a7w7t0weJO2wpuMYfFn0DTwYCk5DK1o"),
-        ("deblur", "vit-b16", 100, 81.7, "1dvKolr_Xgp-eNwlHmzl0aULofknnOshS", "1mK7ViXL_o3bRVHR21zvSFdkU-iuWBlmy"),
-        ("denoise", "vit-b16", 100, 82.7, "1gfyWJEeK-7iBI64YRGTE_Lna_gzTs8rG", "1CAv-a_75S-7p0jaiWUDv2ZSo1QYcVcSR"),
-        ("mfm", "vit-b16", 100, 83.1, "1qgMuODAxAapwXZXbH2Bgo5s5O_zc1bdl", "1uxYn_q3BA0J5XlUMSnf8c2uQfLA0bkJo"),
-        ("sr", "resnet50", 100, 77.9, "1_rpcvWJt3yHQYHdE3m5mCldUGH1S73EI", "1hIdAApYD7sVb-qf3WA_3KaJMCJKUk25T"),
-        ("deblur", "resnet50", 100, 78.0, "174Bcn-oPm6IB9h6RDB8Ujkr92tRC_vqK", "1ThCmH-Vmh9S6PBuXrv5XAMY04mpOAqJ1"),
-        ("denoise", "resnet50", 100, 77.5, "18MulyHunviyRrSIJFJhp8bfcamjr55-w", "18v7RrSsJp1lxXeKaZczuwUmm0OY59HJf"),
-        ("mfm", "resnet50", 100, 78.5, "1rWXMJryJ2tq44EYfkZ8GREQoYLf1up9e", "1qr_kMb7bDEP1hwYD-bJ5mG7Co7KYlQSq"),
-        ("mfm", "resnet50", 300, 80.1, "1rWXMJryJ2tq44EYfkZ8GREQoYLf1up9e", "1Uftl6c33gngKzWEj2c9ewmWGFBvGYgMo"),
-    ]
-    entries: dict[str, OfficialCheckpoint] = {}
-    for method, backbone, finetune_epochs, top1, pretrained_id, finetuned_id in rows:
-        finetuned = OfficialCheckpoint(method, backbone, 300, finetune_epochs, ((finetune_epochs, top1),), finetuned_id)
-        entries[finetuned.name] = finetuned
-        earlier = entries.get(f"{method}-{backbone}-pt300")
-        reported = (earlier.reported_top1 if earlier else ()) + ((finetune_epochs, top1),)
-        pretrained = OfficialCheckpoint(method, backbone, 300, None, reported, pretrained_id)
-        entries[pretrained.name] = pretrained
-    return dict(sorted(entries.items()))
-
-
-OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = _released()
-
-
-def get(name: str) -> OfficialCheckpoint:
-    if name not in OFFICIAL_CHECKPOINTS:
-        raise KeyError(f"No official checkpoint {name!r}. The zoo has: {', '.join(OFFICIAL_CHECKPOINTS)}.")
-    return OFFICIAL_CHECKPOINTS[name]
 
 
 def _reported(entry: OfficialCheckpoint) -> str:
@@ -205,21 +145,25 @@ def cache_damage(folder: Path) -> Optional[str]:
 
 
 def write_zoo_card(folder: Path, entry: OfficialCheckpoint, model, repo_name: Optional[str] = None) -> Path:
-    """The converted-checkpoint card plus the authors' ImageNet-1k results in ``model-index``
-    (each metric labelled as reported by the authors, with the official repository as source)."""
-    from .model_card import write_model_card
+    """The converted-checkpoint card plus the authors' ImageNet-1k results: in the text, and for
+    a fine-tuned file in ``model-index`` too (each metric labelled as reported by the authors,
+    with the official repository as source); a pre-trained file's numbers are its fine-tunings'."""
+    from .model_card import OFFICIAL_WEIGHTS_LICENSE, write_model_card
 
     path = write_model_card(folder, "converted_official.md", model, {
         "source_checkpoint": f"{entry.name} (Google Drive file {entry.file_id})",
         "license_note": OFFICIAL_LICENSE,
         "arch": f"{METHOD_NAMES[entry.method]}, {BACKBONES[entry.backbone][1]}, {entry.stage}",
-    })
+    }, license=OFFICIAL_WEIGHTS_LICENSE)
     card = ModelCard.load(path)
-    card.text += (f"\n## Results reported by the authors\n\nImageNet-1k top-1 (official README, not re-measured here): "
-                  f"{_reported(entry)}. Zoo entry `{entry.name}`: `mfm_hub.zoo.load(\"{entry.name}\")`.\n")
+    started = "the fine-tunings that started from these weights" if not entry.finetune_epochs else "this model"
+    card.text += (f"\n## Results reported by the authors\n\nImageNet-1k top-1 of {started} (official README, not re-measured "
+                  f"here): {_reported(entry)}. Zoo entry `{entry.name}`: `mfm_hub.zoo.load(\"{entry.name}\")`.\n")
     card.data.model_name = repo_name or entry.name
-    card.data.license_link = f"{SOURCE_URL}/blob/master/LICENSE"
     card.data.datasets = ["ILSVRC/imagenet-1k"]
+    if not entry.finetune_epochs:  # a pre-trained file has no result of its own: the numbers are its fine-tunings'
+        card.save(path)
+        return path
     card.data.eval_results = [
         EvalResult(task_type="image-classification", dataset_type="ILSVRC/imagenet-1k", dataset_name="ImageNet-1k",
                    dataset_split="validation", metric_type="accuracy", metric_value=top1,
@@ -266,6 +210,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     else:
         for repo_id in publish(args.org, args.names):
             print(f"pushed {repo_id}")
+
+
+__all__ = ["OFFICIAL_CHECKPOINTS", "ZOO_URL_ENV", "OfficialCheckpoint", "cache_damage", "cache_dir", "fetch", "get", "load", "publish",
+           "table", "write_zoo_card"]
 
 
 if __name__ == "__main__":

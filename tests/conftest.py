@@ -14,7 +14,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mfm_hub import MFMResNetConfig, MFMSwinConfig, MFMViTConfig  # noqa: E402
+import mfm_hub  # noqa: E402
+from mfm_hub import FAMILIES, MFMResNetConfig, MFMSwinConfig, MFMViTConfig, ModelFamily, register_family  # noqa: E402
 from mfm_hub.data import load_fashion_mnist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,61 @@ def tiny_swin_config(**overrides) -> MFMSwinConfig:
 
 
 def tiny_resnet_config(**overrides) -> MFMResNetConfig:
-    fields = dict(block_type="basic", layers=(1, 1, 1, 1), image_size=64)
+    fields = dict(block_type="basic", layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), image_size=64)
     return MFMResNetConfig(**{**fields, **overrides})
+
+
+#: The tiny config of each built-in family, by config class (a registered family built on one gets it too).
+TINY_CONFIGS = {MFMViTConfig: tiny_vit_config, MFMSwinConfig: tiny_swin_config, MFMResNetConfig: tiny_resnet_config}
+
+
+def tiny_config_of(config_class: type, **overrides):
+    """A tiny config of ``config_class``: the fields of the built-in family it derives from."""
+    base = next(klass for klass in config_class.__mro__ if klass in TINY_CONFIGS)
+    return config_class(**{**TINY_CONFIGS[base]().to_diff_dict(), **overrides})
+
+
+# A family registered only by the tests (`toy_family`): it must get everything a built-in family gets.
+class ToyConfig(MFMViTConfig):
+    model_type = "mfm_toy"
+
+
+class ToyModel(mfm_hub.MFMViTModel):
+    config_class = ToyConfig
+
+
+class ToyForPreTraining(mfm_hub.MFMViTForPreTraining):
+    config_class = ToyConfig
+
+
+class ToyForImageClassification(mfm_hub.MFMViTForImageClassification):
+    config_class = ToyConfig
+
+
+class ToyBackbone(mfm_hub.MFMViTBackbone):
+    config_class = ToyConfig
+
+
+class ToyFOLK(mfm_hub.FOLKForPreTraining):
+    config_class = ToyConfig
+    student_class = ToyForPreTraining
+
+
+@pytest.fixture
+def toy_family():
+    family = register_family(ModelFamily(config=ToyConfig, model=ToyModel, for_pretraining=ToyForPreTraining,
+                                         for_image_classification=ToyForImageClassification, backbone=ToyBackbone, folk=ToyFOLK))
+    yield family
+    del FAMILIES["mfm_toy"]
+
+
+@pytest.fixture(params=["mfm_vit", "mfm_resnet", "mfm_swin", "mfm_toy"])
+def registered_family(request):
+    """Every registered family in turn, the tests' toy family included."""
+    if request.param == "mfm_toy":
+        yield request.getfixturevalue("toy_family")
+    else:
+        yield FAMILIES[request.param]
 
 
 @pytest.fixture(scope="module")

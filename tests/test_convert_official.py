@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from official_release import random_masks, randomize_, save_like_the_release
 from parity import FLOAT32_NETWORK, assert_close
 from torch import nn
@@ -85,6 +86,8 @@ def test_vit_finetuned_checkpoint_parity(tmp_path):
     with torch.no_grad():
         assert_close(ours(x).logits, reference(x), FLOAT32_NETWORK, "logits")
     assert ours.config.id2label[3] == "LABEL_3"  # not ImageNet: no names to give
+    card = ModelCard.load(tmp_path / "hf" / "README.md").data
+    assert (card.pipeline_tag, card.license, card.license_name) == ("image-classification", "other", "s-lab-license-1.0")
 
 
 def test_an_imagenet_classifier_carries_the_class_names(tmp_path):

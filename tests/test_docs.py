@@ -28,3 +28,10 @@ def test_every_config_field_is_documented_with_its_type_and_default(config_class
 def test_the_config_examples_run():
     results = doctest.testmod(configuration_mfm, optionflags=doctest.ELLIPSIS)
     assert results.attempted >= 3 and results.failed == 0
+
+
+def test_every_public_forward_documents_its_inputs_and_outputs_with_shapes():
+    for family in mfm_hub.FAMILIES.values():
+        for model_class in (family.model, family.for_pretraining, family.for_image_classification, family.backbone, family.folk):
+            doc = model_class.forward.__doc__ or ""
+            assert "pixel_values" in doc and "(batch" in doc and "Returns" in doc, f"{model_class.__name__}.forward"

@@ -2,6 +2,7 @@
 segmentation (UperNet) and robustness, on tiny real data."""
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_vit_config
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -16,6 +18,8 @@ from mfm_hub import MFMViTModel
 from mfm_hub.data import FASHION_MNIST_DIR
 from mfm_hub.evaluation import MeanIoU, TopKAccuracy, check_head_matches, fraction_indices, k_shot_indices, load_labelled_split
 from mfm_hub.evaluation.segmentation import read_pair
+from mfm_hub.model_card import OFFICIAL_WEIGHTS_LICENSE
+from mfm_hub.timm_export import export_to_timm
 from training import run_classification, run_few_shot, run_robustness, run_segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +178,27 @@ def test_fine_tuning_and_linear_probe(fashion_folder, encoder, tmp_path):  # noq
 
 
 @needs_fashion
+@needs_fashion
+@pytest.mark.slow
+def test_the_official_licence_carries_through_fine_tuning_and_the_timm_export(fashion_folder, encoder, tmp_path):  # noqa: F811
+    licensed = tmp_path / "official"
+    shutil.copytree(encoder, licensed)
+    card = ModelCard("# official\n")
+    OFFICIAL_WEIGHTS_LICENSE.apply(card)
+    card.save(licensed / "README.md")
+    run_classification.main(["--model", str(licensed), "--train_dir", str(fashion_folder), "--validation_dir", str(fashion_folder),
+                             "--per_device_train_batch_size", "8", "--max_steps", "1", "--eval_strategy", "no",
+                             "--output_dir", str(tmp_path / "ft")])
+    fine_tuned = ModelCard.load(tmp_path / "ft" / "README.md")
+    assert (fine_tuned.data.license, fine_tuned.data.license_name) == ("other", "s-lab-license-1.0")
+    assert fine_tuned.data.pipeline_tag == "image-classification" and fine_tuned.data.eval_results
+    assert "![confusion matrix](confusion_matrix.png)" in fine_tuned.text
+    export_to_timm(tmp_path / "ft", tmp_path / "timm")
+    assert json.loads((tmp_path / "timm" / "config.json").read_text())["pretrained_cfg"]["license"] == "s-lab-license-1.0"
+    exported = ModelCard.load(tmp_path / "timm" / "README.md").data
+    assert (exported.license_name, exported.library_name, exported.pipeline_tag) == ("s-lab-license-1.0", "timm", "image-classification")
+
+
 def test_a_checkpoint_with_non_finite_weights_stops_fine_tuning_and_few_shot_before_they_run(balanced_folder, tmp_path):
     """Fine-tuning used to log loss 0 and save a NaN model; few-shot wrote exactly chance into the card."""
     model = MFMViTModel(tiny_vit_config())
@@ -321,7 +346,9 @@ def test_segmentation_end_to_end(camvid_subset, encoder, tmp_path):
     )
     assert 0 <= results["mean_iou"] <= 1 and len(results["per_category_iou"]) == 11 and results["eval_images"] == 2
     assert (tmp_path / "seg" / "segmentation_overlays.png").exists()
-    assert "mean_iou" in (tmp_path / "seg" / "README.md").read_text()
+    card = ModelCard.load(tmp_path / "seg" / "README.md")
+    assert "mean_iou" in str(card) and card.data.pipeline_tag == "image-segmentation" and card.data.license == "apache-2.0"
+    assert "![image, ground truth and prediction](segmentation_overlays.png)" in card.text and "xie2023masked" in card.text
 
     # the checkpoint works in transformers' pipeline: one full-size mask per class present
     from transformers import pipeline

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ToyBackbone, ToyConfig, ToyFOLK, ToyForImageClassification, ToyForPreTraining, ToyModel
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
 import mfm_hub
@@ -15,39 +16,6 @@ from mfm_hub import FAMILIES, ModelFamily, family_of, register_family
 from mfm_hub.evaluation import frozen_features
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class ToyConfig(mfm_hub.MFMViTConfig):
-    model_type = "mfm_toy"
-
-
-class ToyModel(mfm_hub.MFMViTModel):
-    config_class = ToyConfig
-
-
-class ToyForPreTraining(mfm_hub.MFMViTForPreTraining):
-    config_class = ToyConfig
-
-
-class ToyForImageClassification(mfm_hub.MFMViTForImageClassification):
-    config_class = ToyConfig
-
-
-class ToyBackbone(mfm_hub.MFMViTBackbone):
-    config_class = ToyConfig
-
-
-class ToyFOLK(mfm_hub.FOLKForPreTraining):
-    config_class = ToyConfig
-    student_class = ToyForPreTraining
-
-
-@pytest.fixture
-def toy_family():
-    family = register_family(ModelFamily(config=ToyConfig, model=ToyModel, for_pretraining=ToyForPreTraining,
-                                         for_image_classification=ToyForImageClassification, backbone=ToyBackbone, folk=ToyFOLK))
-    yield family
-    del FAMILIES["mfm_toy"]
 
 
 def test_a_family_missing_part_of_the_contract_is_refused_at_registration_naming_it():

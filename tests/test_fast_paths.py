@@ -1,6 +1,7 @@
 """The speed switches change speed only: every attention kernel and torch.compile give the
 same loss and gradients as the plain eager path (timings are in the benchmarks, never here)."""
 
+import copy
 import subprocess
 import sys
 
@@ -102,8 +103,15 @@ def test_torch_compile_traces_masking_and_loss_whole_and_matches_eager(family):
 
 def test_resnet_runs_channels_last_from_init_and_from_a_checkpoint_with_the_same_results(tmp_path):
     model = MFMResNetForPreTraining(tiny_resnet_config()).train()
-    channels_last = lambda m: m.mfm_resnet.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)  # noqa: E731
-    assert channels_last(model)
+
+    def channels_last(resnet) -> bool:
+        encoder = resnet.mfm_resnet.eval()  # eval: the probe must not move the batch-norm statistics
+        with torch.no_grad():
+            layout = encoder(torch.rand(1, 3, 64, 64)).last_hidden_state.is_contiguous(memory_format=torch.channels_last)
+        encoder.train()
+        return layout
+
+    assert channels_last(model) and all(p.is_contiguous() for p in model.parameters())  # NHWC activations, default-layout weights
     model.save_pretrained(tmp_path)
     loaded = MFMResNetForPreTraining.from_pretrained(tmp_path).train()
     assert channels_last(loaded)
@@ -115,10 +123,12 @@ def test_resnet_runs_channels_last_from_init_and_from_a_checkpoint_with_the_same
     for module in contiguous.modules():
         if hasattr(module, "memory_format"):
             module.memory_format = torch.contiguous_format
-    contiguous.to(memory_format=torch.contiguous_format)
     assert not channels_last(contiguous)
     pixels = torch.rand(4, 3, 64, 64)
-    expected_loss, expected_grads = loss_and_gradients(contiguous, pixels, torch.float32)
+    # the reference is float64 in the default layout: between the two float32 paths the default
+    # layout's is the less accurate one on some inputs (5e-4 of the largest gradient vs 5e-6)
+    exact = copy.deepcopy(contiguous).double()
+    expected_loss, expected_grads = (tensor.float() for tensor in loss_and_gradients(exact, pixels.double(), torch.float32))
     loss, grads = loss_and_gradients(model, pixels, torch.float32)
     assert_close(loss, expected_loss, FLOAT32_GRADIENTS, "loss")
     assert_close(grads, expected_grads, FLOAT32_GRADIENTS, "gradients")

@@ -81,6 +81,22 @@ def test_push_and_load_back(local_hub, tmp_path):
     assert "remote-code-ok" in out
 
 
+def test_push_to_hub_keeps_the_image_processor_a_repository_already_has(local_hub, tmp_path):
+    out = run_against_hub(local_hub, """
+        import mfm_hub
+        from transformers import AutoImageProcessor, CLIPImageProcessor
+        config = mfm_hub.MFMViTConfig(image_size=32, patch_size=4, hidden_size=48, num_hidden_layers=4, num_attention_heads=3)
+        model = mfm_hub.MFMViTModel(config)
+        model.push_to_hub("org/with-processor")  # a new repository: the model's processor goes up with it
+        assert AutoImageProcessor.from_pretrained("org/with-processor").crop_size == {"height": 32, "width": 32}
+        CLIPImageProcessor(crop_size={"height": 40, "width": 40}, size={"shortest_edge": 48}).push_to_hub("org/with-processor")
+        model.push_to_hub("org/with-processor")  # the user's processor is kept
+        assert AutoImageProcessor.from_pretrained("org/with-processor").crop_size == {"height": 40, "width": 40}
+        print("kept")
+    """, tmp_path)
+    assert "kept" in out
+
+
 def test_converter_pushes(local_hub, tmp_path):
     out = run_against_hub(local_hub, """
         import torch, mfm_hub

@@ -186,6 +186,24 @@ def test_save_load_roundtrip_and_auto_classes(family, tmp_path):
     assert processor.crop_size == {"height": side, "width": side} and processor.size == {"shortest_edge": int(side / 0.875)}
 
 
+def test_save_pretrained_writes_the_processor_only_where_none_is_and_keeps_the_users(tmp_path, caplog):
+    from transformers import AutoImageProcessor, CLIPImageProcessor
+
+    model = MFMViTModel(tiny_vit_config())
+    model.save_pretrained(tmp_path / "fresh")
+    assert AutoImageProcessor.from_pretrained(tmp_path / "fresh").crop_size == {"height": 32, "width": 32}
+    CLIPImageProcessor(crop_size={"height": 40, "width": 40}, size={"shortest_edge": 48}).save_pretrained(tmp_path / "mine")
+    with caplog.at_level("WARNING"):
+        model.save_pretrained(tmp_path / "mine")
+    assert AutoImageProcessor.from_pretrained(tmp_path / "mine").crop_size == {"height": 40, "width": 40}
+    assert (tmp_path / "mine" / "model.safetensors").exists()
+    assert "Kept the image processor already in" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        model.save_pretrained(tmp_path / "fresh")  # its own processor again: nothing to say
+    assert "Kept the image processor" not in caplog.text
+
+
 def test_mismatching_checkpoint_names_the_keys(tmp_path):
     MFMViTModel(tiny_vit_config()).save_pretrained(tmp_path / "vit")
     with pytest.raises(ValueError, match=r"different shape: .*encoder\.blocks\.0\.attn\.qkv\.weight"):

@@ -85,6 +85,8 @@ def test_swin_loads_in_timm_with_equal_features_and_logits(tmp_path):
 def test_unsupported_models_say_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match=r"No timm architecture has basic blocks with layers \[1, 1, 1, 1\].*resnet18 \(basic"):
         export_to_timm(MFMResNetModel(tiny_resnet_config()), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"basic blocks with layers \[2, 2, 2, 2\] and channels \[16, 32, 64, 128\]"):
+        export_to_timm(MFMResNetModel(tiny_resnet_config(layers=(2, 2, 2, 2))), tmp_path / "a")  # a narrow ResNet-18
     with pytest.raises(ValueError, match="LayerScale"):
         export_to_timm(MFMViTModel(tiny_vit_config(layer_scale_init_value=0.1)), tmp_path / "b")
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())

@@ -89,6 +89,7 @@ def test_one_call_downloads_converts_caches_and_loads_offline(official_r50, cach
     assert (cache / ENTRY / "model.safetensors").exists() and not list((cache / "downloads").glob("*"))
     card = (cache / ENTRY / "README.md").read_text()
     assert "reported by the authors" in card and "78.5" in card and "80.1" in card and "S-Lab" in card
+    assert "model-index" not in card and "pipeline_tag: image-feature-extraction" in card  # a pre-trained file has no result of its own
 
     # the server is gone: the cache alone serves the second call, with the same weights
     again = zoo.load(ENTRY, url_template=server.url_template)
@@ -134,6 +135,41 @@ def test_corrupt_download_is_refused_named_and_deleted(official_r50, cache):
     finally:
         server.stop()
     assert not (cache / ENTRY).exists() and not list((cache / "downloads").glob("*.pth"))
+
+
+def test_timm_lists_every_checkpoint_under_its_own_names_and_builds_them():
+    import timm
+
+    listed = timm.list_models("mfm*", pretrained=True)
+    assert len(listed) == len(zoo.OFFICIAL_CHECKPOINTS) and "mfm_vit_base_patch16_224.mfm_pt300_ft100_in1k" in listed
+    assert "mfm_resnet50.mfm_pt300_ft300_in1k" in listed and "mfm_vit_base_patch16_224.sr_pt300_in1k" in listed
+    assert set(timm.list_models("*mfm*")) == {"mfm_resnet50", "mfm_vit_base_patch16_224"}
+    classifier = timm.create_model("mfm_resnet50.mfm_pt300_ft100_in1k", pretrained=False)
+    assert classifier.num_classes == 1000 and classifier.pretrained_cfg["tag"] == "mfm_pt300_ft100_in1k"
+    assert "S-Lab" in classifier.pretrained_cfg["license"]
+    encoder = timm.create_model("mfm_vit_base_patch16_224", pretrained=False, num_classes=10)  # the default tag: MFM pre-training
+    assert encoder.pretrained_cfg["tag"] == "mfm_pt300_in1k" and encoder.num_classes == 10
+    assert timm.data.resolve_data_config(model=encoder)["crop_pct"] == 0.875
+    with pytest.raises(ValueError, match="takes pretrained and num_classes only, not \\['drop_path_rate'\\]"):
+        timm.create_model("mfm_vit_base_patch16_224", drop_path_rate=0.1)
+
+
+@pytest.mark.slow
+def test_timm_create_model_pretrained_loads_the_zoo_entry(official_r50, cache):
+    import timm
+
+    data, reference = official_r50
+    server = FileServer({zoo.get(ENTRY).file_id: data})
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(zoo.ZOO_URL_ENV, server.url_template)
+            model = timm.create_model("mfm_resnet50.mfm_pt300_in1k", pretrained=True).eval()
+    finally:
+        server.stop()
+    ours = zoo.load(ENTRY, model_class=MFMResNetModel).eval()  # now from the cache
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_close(model.forward_features(x), ours(x).last_hidden_state, FLOAT32_NETWORK, "timm features")
 
 
 def test_unknown_name_lists_the_zoo():

@@ -224,7 +224,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  data_args.num_figure_images // (2 if is_folk else 1), two_views=is_folk)
     output = export_pretrained(trainer, model_args.objective, figure_pixels,
                                mfm_data.dataset_reference(data_args.dataset_name, data_args.train_dir),
-                               len(raw_dataset) if hasattr(raw_dataset, "__len__") else None, wall_time)
+                               len(raw_dataset) if hasattr(raw_dataset, "__len__") else None, wall_time, model_args.model)
     (output / "train_results.json").write_text(json.dumps({"global_step": trainer.state.global_step, "wall_time_s": round(wall_time, 1),
                                                             "log_history": trainer.state.log_history}, indent=1))
     print(f"\nPre-trained backbone, image processor and model card: {output.resolve()}")

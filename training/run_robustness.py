@@ -69,8 +69,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for name, model in models.items():
         evaluation.check_head_matches(model.config.num_labels, class_names, what=f"the {name}'s classifier")
     config = models["model"].config
-    if (config.image_size, tuple(config.image_mean), tuple(config.image_std)) != (
-            models["baseline"].config.image_size, tuple(models["baseline"].config.image_mean), tuple(models["baseline"].config.image_std)):
+    geometry = {name: (model.config.image_size, tuple(model.config.image_mean), tuple(model.config.image_scale))
+                for name, model in models.items()}
+    if geometry["model"] != geometry["baseline"]:
         raise ValueError("Model and baseline need the same input size and normalisation to see identical corrupted images.")
     # the evaluation geometry of timm's eval transform; corruptions apply to the cropped uint8 image
     resize_crop = T.Compose([T.Resize(math.floor(config.image_size / args.crop_pct), interpolation=T.InterpolationMode.BICUBIC),

@@ -81,7 +81,7 @@ def load_encoder(name: str):
 
 def timm_image_options(config) -> dict:
     """The model's normalisation and interpolation, as timm's `create_transform` takes them."""
-    return dict(mean=tuple(config.image_mean), std=tuple(config.image_std), interpolation="bicubic")
+    return dict(mean=tuple(config.image_mean), std=tuple(config.image_scale), interpolation="bicubic")
 
 
 class EvalPreprocessing:
