@@ -8,7 +8,6 @@ requests after one warm-up; a random-initialised model of the preset takes as lo
 """
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.machine import cpu_name
 from mfm_hub import config_from_preset
 from mfm_hub.demo.panels import image_to_pixels, panel_images, read_image, run_task
 from mfm_hub.families import family_of
@@ -32,13 +32,6 @@ def middle_value(parameter):
         return choices[len(choices) // 2]
     steps = round((parameter.maximum - parameter.minimum) / parameter.step)
     return parameter.minimum + (steps // 4) * parameter.step
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def request(model, photo: Path, task: str, values: dict) -> tuple[float, float, float, float]:

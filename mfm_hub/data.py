@@ -374,9 +374,10 @@ def transform_entry(value, transform, seeds: list[int]) -> dict:
 
 
 def collate_pretraining(examples: list[dict]) -> dict:
-    """Stacks ``pixel_values``; the messages of replaced unreadable images, if any, go along
-    as ``"skipped_images"`` (a list of str) for the trainer to count and report."""
-    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+    """Stacks what the dataset yields (``pixel_values``, or the decoded ``images`` and their
+    ``crops`` of `mfm_hub.batched_augmentation`); the messages of replaced unreadable images,
+    if any, go along as ``"skipped_images"`` (a list of str) for the trainer to count and report."""
+    batch = {key: torch.stack([example[key] for example in examples]) for key in examples[0] if key != "skipped"}
     skipped = [message for example in examples for message in example.get("skipped", ())]
     if skipped:
         batch["skipped_images"] = skipped

@@ -22,6 +22,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import safe_globals
 
+from .batched_augmentation import batched_resized_crop
 from .data import epoch_of
 from .safe_load import load_tensors
 
@@ -201,6 +202,8 @@ class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
         self.unreadable_images: dict[str, int] = {}  # message (names the file) -> times replaced
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "crops" in inputs:  # --batched_augmentation: the crops of the whole batch, on the training device
+            inputs["pixel_values"] = batched_resized_crop(inputs.pop("images"), inputs.pop("crops"), self.model.config.image_size)
         skipped = inputs.pop("skipped_images", None)
         if skipped and model.training:
             self._count_skipped(skipped)

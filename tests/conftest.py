@@ -51,7 +51,9 @@ TINY_CONFIGS = {MFMViTConfig: tiny_vit_config, MFMSwinConfig: tiny_swin_config, 
 def tiny_config_of(config_class: type, **overrides):
     """A tiny config of ``config_class``: the fields of the built-in family it derives from."""
     base = next(klass for klass in config_class.__mro__ if klass in TINY_CONFIGS)
-    return config_class(**{**TINY_CONFIGS[base]().to_diff_dict(), **overrides})
+    fields = {key: value for key, value in TINY_CONFIGS[base]().to_diff_dict().items()
+              if key not in ("out_features", "out_indices", "stage_names")}  # derived from the shape unless overridden
+    return config_class(**{**fields, **overrides})
 
 
 # A family registered only by the tests (`toy_family`): it must get everything a built-in family gets.

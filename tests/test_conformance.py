@@ -187,3 +187,26 @@ def test_no_config_field_is_mistaken_for_an_initializer_setting(registered_famil
                        or "layer_scale" in key]
     assert set(looks_like_init) <= {"initializer_range", "layer_scale_init_value"}, looks_like_init
     assert {name for name in FAMILIES} >= {"mfm_vit", "mfm_resnet", "mfm_swin"}
+
+
+def test_backbones_follow_the_backbone_config_conventions(registered_family):
+    """`BackboneTesterMixin`'s checks: ``out_features`` / ``out_indices`` name stages of
+    ``stage_names`` and agree, the backbone returns one map per chosen stage with the channels
+    it announces, and a stage selection that does not exist or disagrees is refused."""
+    config_class = registered_family.config
+    config = tiny_config_of(config_class)
+    backbone = registered_family.backbone(config).eval()
+    assert set(backbone.out_features) <= set(config.stage_names)
+    assert [config.stage_names[index] for index in backbone.out_indices] == list(backbone.out_features)
+    with torch.no_grad():
+        maps = backbone(pixels(config)).feature_maps
+    assert len(maps) == len(backbone.out_features) and [m.shape[1] for m in maps] == list(backbone.channels)
+    chosen = [config.stage_names[2], config.stage_names[-1]]
+    plain = {"add_fpn": False} if "add_fpn" in config.to_dict() else {}  # the ViT's 4-scale neck takes exactly four
+    selected = registered_family.backbone(tiny_config_of(config_class, out_features=chosen, **plain)).eval()
+    with torch.no_grad():
+        assert selected.out_features == chosen and len(selected(pixels(config)).feature_maps) == 2
+    with pytest.raises(ValueError):
+        tiny_config_of(config_class, out_features=["stage99"])
+    with pytest.raises(ValueError):
+        tiny_config_of(config_class, out_features=chosen, out_indices=[0, 1], **plain)

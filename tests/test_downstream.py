@@ -316,6 +316,10 @@ def test_segmentation_label_checks(camvid_subset, tmp_path):
     Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(small)
     with pytest.raises(ValueError, match="small.png is 10x10 but its image is 240x180"):
         read_pair({**example, "mask": {"path": str(small), "bytes": None}}, num_labels=11, ignore_index=11)
+    with pytest.raises(ValueError, match="--class_names must give 11 distinct names .* got 2"):
+        run_segmentation.ModelArguments(num_labels=11, class_names="road,car")
+    assert run_segmentation.ModelArguments(num_labels=3, class_names="road, car,sky").classes == ["road", "car", "sky"]
+    assert run_segmentation.ModelArguments(num_labels=2).classes == ["LABEL_0", "LABEL_1"]
 
 
 @pytest.mark.slow
@@ -328,6 +332,8 @@ def test_segmentation_end_to_end(camvid_subset, encoder, tmp_path):
             str(camvid_subset),
             "--num_labels",
             "11",
+            "--class_names",
+            "camvid",
             "--ignore_index",
             "11",
             "--output_dir",
@@ -345,6 +351,8 @@ def test_segmentation_end_to_end(camvid_subset, encoder, tmp_path):
         ]
     )
     assert 0 <= results["mean_iou"] <= 1 and len(results["per_category_iou"]) == 11 and results["eval_images"] == 2
+    assert results["class_names"][3] == "road"
+    assert json.loads((tmp_path / "seg" / "config.json").read_text())["id2label"]["8"] == "car"
     assert (tmp_path / "seg" / "segmentation_overlays.png").exists()
     card = ModelCard.load(tmp_path / "seg" / "README.md")
     assert "mean_iou" in str(card) and card.data.pipeline_tag == "image-segmentation" and card.data.license == "apache-2.0"

@@ -177,18 +177,34 @@ def test_resume_continues_exactly(family, fashion_folder, tmp_path):
     # 24 images / batch 4 = 6 steps per epoch: the run crosses an epoch, resumed mid-epoch
     tiny_config = tmp_path / "config.json"
     {"vit": tiny_vit_config, "resnet": tiny_resnet_config, "swin": tiny_swin_config}[family]().to_json_file(tiny_config)
-    common = ["--max_steps", "9", "--save_steps", "4", "--save_total_limit", "5"]
-    run_pretraining.main(run_args(fashion_folder, tiny_config, tmp_path / "straight", *common))
-    interrupted = tmp_path / "interrupted"
-    shutil.copytree(tmp_path / "straight" / "checkpoint-4", interrupted / "checkpoint-4")
-    run_pretraining.main(run_args(fashion_folder, tiny_config, interrupted, *common,
-                                  "--resume_from_checkpoint", str(interrupted / "checkpoint-4")))
-    straight = load_file(tmp_path / "straight" / "checkpoint-9" / "model.safetensors")
-    resumed = load_file(interrupted / "checkpoint-9" / "model.safetensors")
+    straight, resumed, start = straight_and_resumed(fashion_folder, tiny_config, tmp_path)
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    start = load_file(interrupted / "checkpoint-4" / "model.safetensors")
     assert not all(torch.equal(start[k], resumed[k]) for k in start)  # it did train after resuming
+
+
+def straight_and_resumed(folder, config, tmp_path, *flags):
+    """The weights after 9 steps run straight, after 9 steps resumed from step 4, and at step 4."""
+    common = [*flags, "--max_steps", "9", "--save_steps", "4", "--save_total_limit", "5"]
+    assert run_pretraining.main(run_args(folder, config, tmp_path / "straight", *common)) == 0
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "straight" / "checkpoint-4", interrupted / "checkpoint-4")
+    run_pretraining.main(run_args(folder, config, interrupted, *common, "--resume_from_checkpoint", str(interrupted / "checkpoint-4")))
+    return tuple(load_file(checkpoint / "model.safetensors") for checkpoint in (tmp_path / "straight" / "checkpoint-9",
+                                                                           interrupted / "checkpoint-9", interrupted / "checkpoint-4"))
+
+
+@pytest.mark.slow
+def test_batched_augmentation_trains_and_resumes_exactly(fashion_folder, tiny_config, tmp_path):
+    straight, resumed, _ = straight_and_resumed(fashion_folder, tiny_config, tmp_path, "--batched_augmentation")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    losses = [e["loss"] for e in json.loads((tmp_path / "straight" / "train_results.json").read_text())["log_history"] if "loss" in e]
+    assert len(losses) == 9 and all(np.isfinite(losses))
+    with pytest.raises(ValueError, match="FOLK's colour-jittered views need the default"):
+        run_pretraining.main(run_args(fashion_folder, tiny_config, tmp_path / "folk", "--batched_augmentation", "--objective", "folk"))
+    with pytest.raises(ValueError, match="--batched_augmentation must be used without --streaming"):
+        run_pretraining.main(run_args(fashion_folder, tiny_config, tmp_path / "stream", "--batched_augmentation", "--streaming",
+                                      "--max_steps", "2"))
 
 
 def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(fashion_folder, tiny_config, tmp_path):

@@ -42,6 +42,7 @@ from mfm_hub.arguments import (
     setup_training_process,
     upgrade_old_flags,
 )
+from mfm_hub.batched_augmentation import BatchedPretrainingImages, DecodedImages
 from mfm_hub.configuration_mfm import PRESETS
 from mfm_hub.modeling_folk import FOLKScheduleCallback
 from mfm_hub.pretext import PRETEXT_TASKS
@@ -119,6 +120,7 @@ class DataArguments:
     )
     min_crop_scale: float = field(default=0.2, metadata={"help": "RandomResizedCrop minimum area (0.2)"})
     strict_data: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of replacing it"})
+    batched_augmentation: bool = field(default=False, metadata={"help": "decode once, crop whole batches on the device (docs/TRAINING.md)"})
     num_figure_images: int = field(default=6, metadata={"help": "images in reconstructions.png"})
 
     def __post_init__(self):
@@ -168,6 +170,9 @@ def build_dataset(data_args: DataArguments, image_size: int, seed: int, two_view
     )
     dataset = mfm_data.sample_examples(dataset, data_args.max_train_samples, seed)
     transform = mfm_data.pretraining_transform(image_size, data_args.min_crop_scale, color_jitter=two_views)
+    if data_args.batched_augmentation:
+        require(not data_args.streaming, "--batched_augmentation", True, "used without --streaming (it decodes every image once)")
+        return BatchedPretrainingImages(DecodedImages(dataset, column), transform, seed, strict=data_args.strict_data), dataset, column
     wrapper = mfm_data.StreamingPretrainingImages if data_args.streaming else mfm_data.PretrainingImages
     return wrapper(dataset, column, transform, seed, num_views=2 if two_views else 1, strict=data_args.strict_data), dataset, column
 

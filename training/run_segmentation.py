@@ -31,7 +31,7 @@ from mfm_hub import evaluation
 from mfm_hub.arguments import check_training_arguments, guard_output_dir, setup_training_process
 from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_config
 from mfm_hub.data import dataset_reference, sample_examples
-from mfm_hub.evaluation.segmentation import EVAL_MULTIPLE, SegmentationBatch, load_segnet_folder, read_pair
+from mfm_hub.evaluation.segmentation import EVAL_MULTIPLE, SegmentationBatch, class_names, load_segnet_folder, read_pair
 from mfm_hub.image_processing import segmentation_image_processor
 from mfm_hub.model_card import PROJECT_LICENSE, hub_base_model, source_license, write_model_card
 from mfm_hub.validation import require, require_at_least
@@ -44,6 +44,7 @@ logger = logging.getLogger("run_segmentation")
 class ModelArguments:
     model: str = field(default="vit-tiny-patch4-32", metadata={"help": "an MFM checkpoint folder or Hub id, or a preset (from scratch)"})
     num_labels: int = field(default=11)
+    class_names: Optional[str] = field(default=None, metadata={"help": "class names, comma separated, or a known set: camvid"})
     ignore_index: Optional[int] = field(default=None, metadata={"help": "label of pixels left out of loss and metrics"})
     decoder_channels: int = field(default=256, metadata={"help": "UperNet hidden size"})
     freeze_backbone: bool = field(default=False)
@@ -53,6 +54,7 @@ class ModelArguments:
         require_at_least(self, 2, "decoder_channels")
         require(self.ignore_index is None or not 0 <= self.ignore_index < self.num_labels, "--ignore_index", self.ignore_index,
                 f"outside the class indices 0..{self.num_labels - 1} (it would erase a class)")
+        self.classes = class_names(self.class_names, self.num_labels)
 
 
 @dataclass
@@ -107,6 +109,7 @@ def load_split(data_args: DataArguments, split: str) -> datasets.Dataset:
 def build_model(model_args: ModelArguments):
     config = UperNetConfig(
         backbone_config=resolve_config(model_args.model), num_labels=model_args.num_labels, hidden_size=model_args.decoder_channels,
+        id2label=dict(enumerate(model_args.classes)), label2id={name: index for index, name in enumerate(model_args.classes)},
         auxiliary_channels=model_args.decoder_channels // 2,
         loss_ignore_index=model_args.ignore_index if model_args.ignore_index is not None else 255,
     )
@@ -158,7 +161,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             figure.append((image, reference, prediction))
     scores = metric.compute(num_labels=model_args.num_labels, ignore_index=model_args.ignore_index)
     results = {"model": model_args.model, "eval_split": data_args.eval_split, "eval_images": len(test), "train_images": len(train),
-               "seed": args.seed, **scores}
+               "seed": args.seed, "class_names": model_args.classes, **scores}
     if not trainer.is_world_process_zero():
         return results
     license = source_license(model_args.model) or PROJECT_LICENSE

@@ -17,6 +17,23 @@ from PIL import Image
 from ..data import IMAGE_EXTENSIONS, decode_image
 from ..modeling_common import normalize
 
+#: Class names of known label sets, in label order: CamVid's 11 classes as the SegNet layout numbers them (11 is unlabelled).
+LABEL_SETS = {
+    "camvid": ("sky", "building", "pole", "road", "pavement", "tree", "sign-symbol", "fence", "car", "pedestrian", "bicyclist"),
+}
+
+
+def class_names(names: Optional[str], num_labels: int) -> list[str]:
+    """``--class_names``: a known set (`LABEL_SETS`), or names separated by commas; one per
+    label. None gives transformers' ``LABEL_<i>``."""
+    if names is None:
+        return [f"LABEL_{index}" for index in range(num_labels)]
+    listed = list(LABEL_SETS.get(names.lower(), [name.strip() for name in names.split(",")]))
+    if len(listed) != num_labels or not all(listed) or len(set(listed)) != len(listed):
+        raise ValueError(f"--class_names must give {num_labels} distinct names (one per label, or one of {', '.join(LABEL_SETS)}), "
+                         f"got {len(listed)}: {listed}.")
+    return listed
+
 EVAL_MULTIPLE = 32
 
 
