@@ -190,8 +190,8 @@ def straight_and_resumed(folder, config, tmp_path, *flags):
     interrupted = tmp_path / "interrupted"
     shutil.copytree(tmp_path / "straight" / "checkpoint-4", interrupted / "checkpoint-4")
     run_pretraining.main(run_args(folder, config, interrupted, *common, "--resume_from_checkpoint", str(interrupted / "checkpoint-4")))
-    return tuple(load_file(checkpoint / "model.safetensors") for checkpoint in (tmp_path / "straight" / "checkpoint-9",
-                                                                           interrupted / "checkpoint-9", interrupted / "checkpoint-4"))
+    checkpoints = (tmp_path / "straight" / "checkpoint-9", interrupted / "checkpoint-9", interrupted / "checkpoint-4")
+    return tuple(load_file(checkpoint / "model.safetensors") for checkpoint in checkpoints)
 
 
 @pytest.mark.slow
