@@ -147,8 +147,9 @@ def upgrade_old_flags(argv: list[str], parser: HfArgumentParser, renamed: dict[s
         token = argv[index]
         name, has_value, inline = token[2:].partition("=") if token.startswith("--") else ("", False, "")
         if name in renamed or (name not in known and name in config_fields()):
-            value = inline if has_value else argv[index + 1] if index + 1 < len(argv) else ""
-            index += 1 if has_value else 2
+            takes_next = not has_value and index + 1 < len(argv) and not argv[index + 1].startswith("--")
+            value = inline if has_value else argv[index + 1] if takes_next else "true"  # a bare boolean flag means true
+            index += 2 if takes_next else 1
             new, old_fields = upgrade_old_arguments({name: value}, known, renamed, "command line", prefix="--")
             fields.update({field: parse_config_overrides(f"{field}={text}")[field] for field, text in old_fields.items()})
             upgraded += [part for new_name, new_value in new.items() for part in (f"--{new_name}", new_value)]

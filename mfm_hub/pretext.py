@@ -1,6 +1,6 @@
 """Pretext tasks: what pre-training does to an image before the model restores it.
 
-One registry entry per task: its name (the config's ``corruption``, the CLI's ``--method``),
+One registry entry per task: its name (the config's ``pretext_task``, the CLI's ``--pretext_task``),
 its description, the validation of its parameters, the corruption itself and what the loss
 targets. Adding a task is one `register_pretext_task` call (plus its tests):
 

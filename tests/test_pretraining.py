@@ -115,6 +115,9 @@ def test_any_config_field_is_set_by_config_overrides_and_old_flags_still_work_wi
     assert old.pretext_task == "sr" and old.config_fields == {"pretext_task": "sr", "mask_radius": 20.0, "folk_teacher_temperature": 0.04}
     assert any("`--method` is now `--pretext_task`" in str(w.message) for w in warned)
     assert any("folk_teacher_temperature" in str(w.message) and "--config_overrides" in str(w.message) for w in warned)
+    with pytest.warns(FutureWarning):  # an old boolean flag given bare, before another flag, means true
+        bare, _, args = run_pretraining.parse_arguments(["--model", str(tiny_config), "--folk_normalize_prototypes", "--max_steps", "5"])
+    assert bare.config_overrides == {"folk_normalize_prototypes": True} and args.max_steps == 5
     with pytest.raises(ValueError, match="name=value pairs"):
         run_pretraining.ModelArguments(config_overrides="mask_radius")
 
