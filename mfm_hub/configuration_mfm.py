@@ -592,7 +592,7 @@ PRESETS: dict[str, tuple[type, dict]] = {
 }
 
 
-def _means_local(name_or_path: str) -> bool:
+def means_local_path(name_or_path: str) -> bool:
     """Whether a model name can only mean a local path: absolute or relative to ``.`` / ``~``, a
     ``.json`` file, more components than a Hub id's ``owner/name``, no ``/`` at all (nor a
     preset), or a first component that is a folder here (``outputs/quickstrat``)."""
@@ -605,7 +605,7 @@ def check_model_source(name_or_path: str, argument: str = "--model") -> None:
     """Refuse, before any download is attempted, a model name that means a local folder or file
     that does not exist (else transformers reports a Hub or connection error for a typo),
     naming the closest presets and folders."""
-    if name_or_path in PRESETS or Path(name_or_path).expanduser().exists() or not _means_local(name_or_path):
+    if name_or_path in PRESETS or Path(name_or_path).expanduser().exists() or not means_local_path(name_or_path):
         return
     path = Path(name_or_path).expanduser()
     parent = next((ancestor for ancestor in path.parents if ancestor.is_dir()), Path("."))
@@ -660,4 +660,4 @@ def config_from_preset(name: str, **overrides) -> MFMViTConfig | MFMResNetConfig
 
 
 __all__ = ["MFMConfigBase", "MFMResNetConfig", "MFMSwinConfig", "MFMViTConfig", "PRESETS", "RENAMED_FIELDS", "check_model_source",
-           "check_override_names", "config_field_names", "config_from_preset", "resolve_config"]
+           "check_override_names", "config_field_names", "config_from_preset", "means_local_path", "resolve_config"]

@@ -13,6 +13,7 @@ from typing import Optional
 
 from huggingface_hub import ModelCard
 
+from .configuration_mfm import means_local_path
 from .official import SOURCE_URL
 
 
@@ -60,8 +61,7 @@ def source_license(source) -> Optional[CardLicense]:
 def hub_base_model(source) -> Optional[str]:
     """``source`` when it names a Hub repository (``owner/name`` and nothing local), for the
     card's ``base_model``; None for presets, zoo names and local folders."""
-    text = str(source)
-    return text if len(Path(text).parts) == 2 and not text.startswith((".", "/", "~")) and not Path(text).exists() else None
+    return None if means_local_path(str(source)) else str(source)
 
 
 def pipeline_tag(model) -> str:
