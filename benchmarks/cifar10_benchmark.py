@@ -35,6 +35,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from benchmarks import mae_contender
 from mfm_hub import MFMViTConfig, MFMViTModel, evaluation
 from mfm_hub.data import DatasetReference
 from mfm_hub.evaluation.few_shot import extract_features, run_episodes
@@ -45,6 +46,8 @@ from mfm_hub.visualization import plt
 from training import run_classification, run_pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Pre-training methods that are not mfm_hub's, with the script (`run_pretraining.main`'s signature) that trains each.
+CONTENDERS = {"mae": mae_contender.main}
 
 CIFAR10 = DatasetReference("uoft-cs/cifar10", "CIFAR-10 (test images; JPEG re-encoding of the original release)", "uoft-cs/cifar10")
 SHARED_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar"
@@ -52,6 +55,8 @@ SHARED_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar"
 # augmenting (about 0.4 ms per image on one core), and this encoder is the largest measured
 # that still sees 15 epochs of CIFAR-10 in the 15.5-minute budget (~950 images/s end to end).
 ENCODER = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256)
+#: FOLK's prototypes for this encoder (the default 4,096 would dominate a width-64 model's step).
+FOLK_HEAD = {"folk_head_output_dim": 1024}
 PROTOCOLS = ["knn", "linear_probe", "fine_tune_1pct", "fine_tune_10pct", "five_shot"]
 PROTOCOL_NAMES = {"knn": "kNN (k=20)", "linear_probe": "linear probe", "fine_tune_1pct": "fine-tune 1%",
                   "fine_tune_10pct": "fine-tune 10%", "five_shot": "5-way 5-shot"}
@@ -101,13 +106,16 @@ class Results:
         temporary.replace(self.path)
 
 
-def pretraining_arguments(method: str, seed: int, steps: int, args, train_dir: Path, output: Path) -> list[str]:
-    save_every = max(1, steps // 4)
-    folk = ["--config_overrides", f"folk_head_output_dim=1024,folk_ema_momentum={args.folk_ema_momentum}"] if method == "folk" else []
+def pretraining_arguments(method: str, seed: int, steps: int, args, train_dir: Path, output: Path, num_checkpoints: int = 4,
+                          keep: int = 1) -> list[str]:
+    """The pre-training arguments of ``method``: ``num_checkpoints`` evenly spaced, the last ``keep`` of them kept."""
+    save_every = max(1, steps // num_checkpoints)
+    folk = ["--config_overrides", f"folk_head_output_dim={FOLK_HEAD['folk_head_output_dim']},folk_ema_momentum={args.folk_ema_momentum}"] \
+        if method == "folk" else []
     return [
         "--model",
         str(Path(args.output_dir) / "encoder_config.json"),
-        *method_flags(method),
+        *(method_flags(method) if method in METHODS else []),
         "--train_dir",
         str(train_dir),
         "--output_dir",
@@ -127,7 +135,7 @@ def pretraining_arguments(method: str, seed: int, steps: int, args, train_dir: P
         "--save_steps",
         str(save_every),
         "--save_total_limit",
-        "1",
+        str(keep),
         "--logging_steps",
         str(max(1, steps // 100)),
         "--report_to",
@@ -149,7 +157,7 @@ def calibrate(method: str, args, train_dir: Path, results: Results) -> float:
     if results.get(key) is None:
         output = Path(args.output_dir) / "calibration" / method
         argv = pretraining_arguments(method, 0, args.calibration_steps, args, train_dir, output)
-        run_pretraining.main(argv + ["--save_strategy", "no", "--overwrite_output_dir"])
+        trainer_of(method)(argv + ["--save_strategy", "no", "--overwrite_output_dir"])
         wall = json.loads((output / "train_results.json").read_text())["wall_time_s"]
         results.put(
             key, {"images_per_second": args.calibration_steps * args.batch_size / wall, "steps": args.calibration_steps, "wall_s": wall}
@@ -157,7 +165,13 @@ def calibrate(method: str, args, train_dir: Path, results: Results) -> float:
     return results.get(key)["images_per_second"]
 
 
-def pretrain(method: str, seed: int, steps: int, args, train_dir: Path, results: Results) -> Path:
+def trainer_of(method: str):
+    """The script that pre-trains ``method``: `run_pretraining.main`, or a contender's own (MAE)."""
+    return CONTENDERS.get(method, run_pretraining.main)
+
+
+def pretrain(method: str, seed: int, steps: int, args, train_dir: Path, results: Results, num_checkpoints: int = 4,
+             keep: int = 1) -> Path:
     output = Path(args.output_dir) / f"{method}-seed{seed}" / "encoder"
     key = f"{method}/seed{seed}/pretraining"
     if results.get(key) is not None:
@@ -171,10 +185,12 @@ def pretrain(method: str, seed: int, steps: int, args, train_dir: Path, results:
     resume = ["--resume_from_checkpoint", str(checkpoints[-1])] if checkpoints else ["--overwrite_output_dir"]
     # wall time of every segment of an interrupted-and-resumed run, so the total survives resumes
     segments = output.parent / "pretraining_segments.json"
+    segments.parent.mkdir(parents=True, exist_ok=True)
     earlier = json.loads(segments.read_text()) if segments.exists() and checkpoints else []
     started = time.time()
     try:
-        finished = run_pretraining.main(pretraining_arguments(method, seed, steps, args, train_dir, output) + resume) == 0
+        argv = pretraining_arguments(method, seed, steps, args, train_dir, output, num_checkpoints, keep)
+        finished = trainer_of(method)(argv + resume) == 0
     finally:
         segments.write_text(json.dumps(earlier + [round(time.time() - started, 1)]))
     if not finished:
@@ -319,7 +335,7 @@ def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/cifar10_benchmark")
     parser.add_argument("--data_dir", default=None, help="CIFAR-10 image folder with train/ and test/ (default: the shared tar, extracted)")
-    parser.add_argument("--methods", nargs="+", default=["scratch", "mfm", "folk", "sr"], choices=["scratch", *METHODS])
+    parser.add_argument("--methods", nargs="+", default=["scratch", "mfm", "folk", "sr"], choices=["scratch", *METHODS, *CONTENDERS])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--budget_minutes", type=float, default=15.5, help="pre-training wall-clock budget per pre-trained method and seed")
     parser.add_argument("--pretrain_steps", type=int, default=None, help="skip the calibration: this many steps for every method")

@@ -7,7 +7,8 @@ Three figures, in images per second, each the steady state between a short and a
 (so start-up, the first steps and the final export cancel out): the bare MFM step (forward,
 backward, AdamW) on a batch already in memory, the faster of a measurement before and after
 the script's runs; `training/run_pretraining.py` end to end with
-the default PIL input path; and with ``--batched_augmentation``. It prints the ratio of each
+the default PIL input path; and with ``--batched_augmentation``. ``--objective folk`` measures
+FOLK's step and its two colour-jittered views per image instead. It prints the ratio of each
 end-to-end figure to the bare step, the number issue #22 asks to be at least 0.9, and writes
 them to ``--output`` as JSON. Budgets are in steps; run it alone on the machine.
 """
@@ -22,21 +23,23 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.cifar10_benchmark import ENCODER, cifar10_folder
+from benchmarks.cifar10_benchmark import ENCODER, FOLK_HEAD, cifar10_folder
 from benchmarks.machine import cpu_name
-from mfm_hub import MFMViTConfig, MFMViTForPreTraining
+from mfm_hub import MFMViTConfig
 from mfm_hub.allocator import keep_freed_memory
+from mfm_hub.pretraining import OBJECTIVES, pretraining_model
 from training import run_pretraining
 
 
-def bare_step_images_per_second(batch_size: int, steps: int) -> float:
-    """The model's own speed: MFM steps on one batch held in memory, after two warm-up steps,
-    with the memory settings the script uses (`mfm_hub.allocator`, else the script's own step
-    is the faster one)."""
+def bare_step_images_per_second(batch_size: int, steps: int, objective: str, work: Path) -> float:
+    """The model's own speed: pre-training steps on one batch held in memory, after two warm-up
+    steps, with the memory settings the script uses (`mfm_hub.allocator`, else the script's own
+    step is the faster one)."""
     keep_freed_memory()
-    model = MFMViTForPreTraining(MFMViTConfig(**ENCODER)).train()
+    model = pretraining_model(str(encoder_config(work)), objective, **(FOLK_HEAD if objective == "folk" else {})).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    pixels = torch.rand(batch_size, 3, ENCODER["image_size"], ENCODER["image_size"])
+    views = (2,) if objective == "folk" else ()
+    pixels = torch.rand(batch_size, *views, 3, ENCODER["image_size"], ENCODER["image_size"])
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -51,10 +54,15 @@ def bare_step_images_per_second(batch_size: int, steps: int) -> float:
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def script_images_per_second(train_dir: Path, batch_size: int, steps: int, workers: int, extra: list[str], work: Path) -> float:
-    """`run_pretraining.py`'s steady state: the extra wall time of ``steps`` more steps."""
+def encoder_config(work: Path) -> Path:
     config = work / "encoder.json"
     MFMViTConfig(**ENCODER).to_json_file(config)
+    return config
+
+
+def script_images_per_second(train_dir: Path, batch_size: int, steps: int, workers: int, extra: list[str], work: Path) -> float:
+    """`run_pretraining.py`'s steady state: the extra wall time of ``steps`` more steps."""
+    config = encoder_config(work)
     wall = {}
     for count in (steps // 4, steps):
         output = work / f"run-{count}-{'-'.join(extra) or 'pil'}"
@@ -78,21 +86,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=1, help="data-loader workers of the script's default (PIL) path")
     parser.add_argument("--batched_workers", type=int, default=0,
                         help="data-loader workers with --batched_augmentation (its loader only indexes a tensor: 0 on 2 cores)")
+    parser.add_argument("--objective", default="reconstruction", choices=list(OBJECTIVES))
     parser.add_argument("--output", default="outputs/input_pipeline.json")
     args = parser.parse_args(argv)
     train_dir = cifar10_folder(args.data_dir) / "train"
+    objective = ["--objective", args.objective]
+    if args.objective == "folk":
+        objective += ["--config_overrides", ",".join(f"{name}={value}" for name, value in FOLK_HEAD.items())]
     with tempfile.TemporaryDirectory() as work:
-        bare = bare_step_images_per_second(args.batch_size, args.steps)
-        pil = script_images_per_second(train_dir, args.batch_size, args.steps, args.workers, [], Path(work))
-        batched = script_images_per_second(train_dir, args.batch_size, args.steps, args.batched_workers, ["--batched_augmentation"],
-                                           Path(work))
-        bare = max(bare, bare_step_images_per_second(args.batch_size, args.steps))  # the faster of before and after: ratios err low
-    results = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+        bare = bare_step_images_per_second(args.batch_size, args.steps, args.objective, Path(work))
+        pil = script_images_per_second(train_dir, args.batch_size, args.steps, args.workers, objective, Path(work))
+        batched = script_images_per_second(train_dir, args.batch_size, args.steps, args.batched_workers,
+                                           [*objective, "--batched_augmentation"], Path(work))
+        # the faster of before and after: ratios err low
+        bare = max(bare, bare_step_images_per_second(args.batch_size, args.steps, args.objective, Path(work)))
+    results = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "objective": args.objective, "batch_size": args.batch_size,
                "steps": args.steps, "workers": args.workers, "batched_workers": args.batched_workers,
                "bare_step_images_per_second": round(bare, 1),
                "pil_path_images_per_second": round(pil, 1), "batched_path_images_per_second": round(batched, 1),
                "pil_path_ratio": round(pil / bare, 3), "batched_path_ratio": round(batched / bare, 3)}
-    print(f"{results['cpu']}, {results['threads']} threads. bare MFM step {bare:.0f} img/s; run_pretraining.py: "
+    print(f"{results['cpu']}, {results['threads']} threads. bare {args.objective} step {bare:.0f} img/s; run_pretraining.py: "
           f"PIL path {pil:.0f} img/s ({pil / bare:.2f}x), --batched_augmentation {batched:.0f} img/s ({batched / bare:.2f}x)")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=1))

@@ -270,7 +270,8 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
         num_attention_heads (`int`, *optional*, defaults to 12):
             Attention heads per block; must divide `hidden_size`.
         mlp_ratio (`float`, *optional*, defaults to 4.0):
-            Width of the MLP relative to `hidden_size`.
+            Width of the MLP relative to `hidden_size`. transformers' name for the width itself,
+            `intermediate_size`, is accepted too (and read back as a property).
         qkv_bias (`bool`, *optional*, defaults to `True`):
             Learn q and v biases (k has none), as BEiT.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
@@ -343,6 +344,12 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
 
     def __post_init__(self, **kwargs):
         self.check_field_types()
+        if "intermediate_size" in kwargs:  # transformers' ViT name for the MLP width: read, never kept as a stray attribute
+            width = kwargs.pop("intermediate_size")
+            _check(isinstance(width, int) and width > 0, f"`intermediate_size` must be a positive int, got {width!r}.")
+            _check(self.mlp_ratio == MFMViTConfig.mlp_ratio or abs(width - self.hidden_size * self.mlp_ratio) < 0.5,
+                   f"`intermediate_size` ({width}) and `mlp_ratio` ({self.mlp_ratio}) disagree for `hidden_size` {self.hidden_size}.")
+            self.mlp_ratio = width / self.hidden_size
         _check(isinstance(self.patch_size, int) and self.patch_size > 0, f"`patch_size` must be a positive int, got {self.patch_size!r}.")
         _check(
             self.image_size % self.patch_size == 0,
@@ -381,6 +388,11 @@ class MFMViTConfig(BackboneConfigMixin, MFMConfigBase):
     @property
     def encoder_stride(self) -> int:
         return self.patch_size
+
+    @property
+    def intermediate_size(self) -> int:
+        """Width of each block's MLP, ``hidden_size * mlp_ratio`` (transformers' ViT name)."""
+        return int(self.hidden_size * self.mlp_ratio)
 
     @property
     def summary(self) -> str:

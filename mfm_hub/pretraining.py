@@ -13,6 +13,7 @@ import torch
 import transformers
 
 from . import data as mfm_data
+from .batched_augmentation import batched_views
 from .configuration_mfm import PRESETS, check_model_source, resolve_config
 from .families import family_of
 from .image_processing import image_processor_for_config
@@ -53,12 +54,21 @@ def pretraining_model(source: str, objective: str = "reconstruction", **config_o
     return model_class(config) if objective == "folk" else model_class.from_config(config)
 
 
+def pretrained_backbone(model: transformers.PreTrainedModel, objective: str) -> transformers.PreTrainedModel:
+    """The backbone a run leaves of its pre-training model: FOLK's ``folk_export`` encoder, or the
+    family's base model."""
+    return model.exported_backbone() if objective == "folk" else model.base_model
+
+
 def figure_batch(train_images, dataset, column: str, config, count: int, two_views: bool) -> torch.Tensor:
     """``count`` images for the figure: the first readable ones resized without augmentation
     (MFM), or the first training samples' two augmented views (FOLK)."""
     if two_views:
         # iter() serves map-style (by index) and streaming datasets alike
-        return torch.stack([sample["pixel_values"] for sample in itertools.islice(iter(train_images), count)])
+        batch = mfm_data.collate_pretraining(list(itertools.islice(iter(train_images), count)))
+        if "crops" in batch:  # --batched_augmentation: views are made from the decoded images
+            return batched_views(batch["images"], batch["crops"], config.image_size, batch.get("colours"))
+        return batch["pixel_values"]
     processor = image_processor_for_config(config, do_normalize=False)
     images = []
     for example in dataset:
@@ -100,7 +110,7 @@ def export_pretrained(trainer: transformers.Trainer, objective: str, figure_pixe
     is_folk = objective == "folk"
     title = f"FOLK ({task.title})" if is_folk else task.title
     output = Path(args.output_dir)
-    backbone = model.exported_backbone() if is_folk else model.base_model
+    backbone = pretrained_backbone(model, objective)
     backbone.save_pretrained(output)
     image_processor_for_config(backbone.config).save_pretrained(output)  # the run's folder: its processor, whatever was there
     plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", title=f"{title} pre-training",
@@ -138,4 +148,4 @@ def push_pretrained(output: Path, repo_id: str) -> None:
 
 
 __all__ = ["FOLK_PRETEXT_TASK", "METHODS", "OBJECTIVES", "describe_hardware", "describe_recipe", "export_pretrained", "figure_batch",
-           "method_flags", "pretraining_model", "push_pretrained"]
+           "method_flags", "pretrained_backbone", "pretraining_model", "push_pretrained"]

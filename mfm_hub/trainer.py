@@ -19,10 +19,11 @@ from typing import Optional
 
 import safetensors.torch
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import safe_globals
+from transformers.utils import SAFE_WEIGHTS_NAME
 
-from .batched_augmentation import batched_resized_crop
+from .batched_augmentation import batched_views
 from .data import epoch_of
 from .safe_load import load_tensors
 
@@ -202,8 +203,9 @@ class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
         self.unreadable_images: dict[str, int] = {}  # message (names the file) -> times replaced
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "crops" in inputs:  # --batched_augmentation: the crops of the whole batch, on the training device
-            inputs["pixel_values"] = batched_resized_crop(inputs.pop("images"), inputs.pop("crops"), self.model.config.image_size)
+        if "crops" in inputs:  # --batched_augmentation: the views of the whole batch, made on the training device
+            inputs["pixel_values"] = batched_views(inputs.pop("images"), inputs.pop("crops"), self.model.config.image_size,
+                                                   inputs.pop("colours", None))
         skipped = inputs.pop("skipped_images", None)
         if skipped and model.training:
             self._count_skipped(skipped)
@@ -230,6 +232,23 @@ class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
             self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
             self._term_count = 0
         super().log(logs, *args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """transformers' resume reads the weights file into the model with a non-strict
+        `load_state_dict`; a model whose `save_pretrained` writes other names than its modules
+        (a conversion mapping, as ViTMAE's decoder has) would then continue with those weights
+        silently re-initialised (huggingface/transformers#43701). Such a checkpoint is read
+        through the model's own `from_pretrained`, which renames them back, strictly."""
+        model = self.model if model is None else model
+        weights = Path(resume_from_checkpoint) / SAFE_WEIGHTS_NAME
+        if self.is_fsdp_enabled or not isinstance(model, PreTrainedModel) or not weights.is_file():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        with safetensors.safe_open(weights, "pt") as saved:
+            names = set(saved.keys())
+        if names == set(model.state_dict()):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info("%s names its weights differently from the model; loading it through from_pretrained.", weights)
+        model.load_state_dict(type(model).from_pretrained(resume_from_checkpoint, config=model.config).state_dict(), strict=True)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [

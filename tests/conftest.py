@@ -112,6 +112,24 @@ def fashion_folder(tmp_path_factory):
     return folder
 
 
+def tiny_cifar_layout(root: Path, per_class: dict[str, int]) -> Path:
+    """``root/{train,test}/<class>/<n>.png`` with ``per_class[split]`` images of each class."""
+    for split, count in per_class.items():
+        dataset = load_fashion_mnist(split)
+        names = dataset.features["label"].names
+        written = {name: 0 for name in names}
+        for example in dataset:
+            name = names[example["label"]]
+            if written[name] < count:
+                folder = root / split / name.replace("/", "-")
+                folder.mkdir(parents=True, exist_ok=True)
+                example["image"].save(folder / f"{written[name]}.png")
+                written[name] += 1
+            if all(n == count for n in written.values()):
+                break
+    return root
+
+
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     """`tiny_vit_config` saved as a config.json, for the scripts' ``--model``."""

@@ -2,32 +2,11 @@
 folder (Fashion-MNIST images in CIFAR-10's layout), then a re-run that must skip everything."""
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import tiny_cifar_layout
 
-from mfm_hub.data import load_fashion_mnist
-
-ROOT = Path(__file__).resolve().parents[1]
 from benchmarks import cifar10_benchmark
-
-
-def tiny_cifar_layout(root: Path, per_class: dict[str, int]) -> Path:
-    """``root/{train,test}/<class>/<n>.png`` with ``per_class[split]`` images of each class."""
-    for split, count in per_class.items():
-        dataset = load_fashion_mnist(split)
-        names = dataset.features["label"].names
-        written = {name: 0 for name in names}
-        for example in dataset:
-            name = names[example["label"]]
-            if written[name] < count:
-                folder = root / split / name.replace("/", "-")
-                folder.mkdir(parents=True, exist_ok=True)
-                example["image"].save(folder / f"{written[name]}.png")
-                written[name] += 1
-            if all(n == count for n in written.values()):
-                break
-    return root
 
 
 @pytest.mark.slow

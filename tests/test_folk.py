@@ -341,10 +341,11 @@ def test_folk_resume_is_exact_teacher_and_centre_included(fashion_folder, tiny_c
 @needs_data
 @pytest.mark.slow
 def test_folk_two_process_ddp_keeps_one_teacher(fashion_folder, tiny_config, tmp_path):  # noqa: F811
+    """On the batched input path (views made on each rank's device; the MFM DDP test keeps the PIL path)."""
     output = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535", str(SCRIPT),
                *run_args(fashion_folder, tiny_config, output, *folk_args(), "--max_steps", "3", "--save_steps", "3",
-                         "--ddp_backend", "gloo")]
+                         "--ddp_backend", "gloo", "--batched_augmentation")]
     result = subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # the end-of-run check covers every parameter, the teacher's included

@@ -355,11 +355,24 @@ def test_vit_rejects_image_size_not_divisible_by_patch():
         (dict(focal_weighting="yes"), r"`focal_weighting` must be true or false, got 'yes'"),
         (dict(image_mean=("a", "b", "c")), r"`image_mean` must be a list of numbers"),
         (dict(informed_keep_ratios=0.05), r"`informed_keep_ratios` must be a list of numbers, got 0.05"),
+        (dict(intermediate_size=0), r"`intermediate_size` must be a positive int, got 0"),
+        (dict(hidden_size=48, intermediate_size=96, mlp_ratio=3.0), r"`intermediate_size` \(96\) and `mlp_ratio` \(3.0\) disagree"),
     ],
 )
 def test_bad_config_values(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_vit_config(**overrides)
+
+
+def test_vit_intermediate_size_sets_the_mlp_width_as_in_transformers_vit(tmp_path):
+    """transformers' ViT names the MLP width ``intermediate_size``: it sets the model's width
+    (it was kept as an unread attribute while the MLP stayed 4x wide) and survives saving."""
+    config = tiny_vit_config(hidden_size=48, num_attention_heads=3, intermediate_size=96)
+    assert (config.mlp_ratio, config.intermediate_size) == (2.0, 96)
+    model = MFMViTModel(config)
+    assert all(block.mlp.fc1.out_features == 96 for block in model.encoder.blocks)
+    model.save_pretrained(tmp_path)
+    assert MFMViTModel.from_pretrained(tmp_path).config.intermediate_size == 96 and "intermediate_size" not in config.to_dict()
 
 
 def test_configs_saved_with_the_old_field_names_load_under_the_new_ones(tmp_path):

@@ -172,7 +172,8 @@ def build_dataset(data_args: DataArguments, image_size: int, seed: int, two_view
     transform = mfm_data.pretraining_transform(image_size, data_args.min_crop_scale, color_jitter=two_views)
     if data_args.batched_augmentation:
         require(not data_args.streaming, "--batched_augmentation", True, "used without --streaming (it decodes every image once)")
-        return BatchedPretrainingImages(DecodedImages(dataset, column), transform, seed, strict=data_args.strict_data), dataset, column
+        return BatchedPretrainingImages(DecodedImages(dataset, column), transform, seed, strict=data_args.strict_data,
+                                        num_views=2 if two_views else 1), dataset, column
     wrapper = mfm_data.StreamingPretrainingImages if data_args.streaming else mfm_data.PretrainingImages
     return wrapper(dataset, column, transform, seed, num_views=2 if two_views else 1, strict=data_args.strict_data), dataset, column
 

@@ -1,0 +1,105 @@
+"""The compute-curve benchmark: MAE's encoder converts exactly, and the curve runs end to end
+in smoke mode (a tiny image folder), resumes and refuses what it cannot do."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from conftest import run_args, tiny_cifar_layout
+from transformers import AutoModel
+
+from benchmarks import compute_curve, mae_contender
+from benchmarks.cifar10_benchmark import ENCODER
+from mfm_hub import MFMViTConfig
+from training import run_pretraining
+
+
+@pytest.mark.parametrize("encoder_fields", [ENCODER, dict(image_size=16, patch_size=4, hidden_size=48, num_hidden_layers=3,
+                                                         num_attention_heads=3, intermediate_size=96)])
+def test_the_mae_encoder_becomes_an_mfm_vit_computing_the_same(encoder_fields):
+    """Every token of the converted encoder equals MAE's own encoder (no patch removed, kept in
+    order) up to float rounding, for random non-zero weights (the key bias included)."""
+    encoder = MFMViTConfig(**encoder_fields)
+    torch.manual_seed(0)
+    mae = mae_contender.ImageInputViTMAE(mae_contender.mae_config(encoder, mask_ratio=0.0)).eval()
+    with torch.no_grad():
+        for parameter in mae.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    ours = mae_contender.encoder_from_mae(mae, encoder)
+    images = torch.rand(3, 3, encoder.image_size, encoder.image_size)
+    normalised = (images - torch.tensor(encoder.image_mean).view(1, 3, 1, 1)) / torch.tensor(encoder.image_scale).view(1, 3, 1, 1)
+    tokens = (encoder.image_size // encoder.patch_size) ** 2
+    with torch.no_grad():
+        theirs = mae.vit(normalised, noise=torch.arange(tokens, dtype=torch.float32).expand(3, tokens)).last_hidden_state
+        mine = ours(normalised).last_hidden_state
+    assert mine.shape == theirs.shape == (3, tokens + 1, encoder.hidden_size)
+    assert (mine - theirs).abs().max() <= 1e-5 * theirs.abs().max(), float((mine - theirs).abs().max())
+    assert mae.config.mask_ratio == 0.0 and mae_contender.mae_config(encoder).mask_ratio == 0.75 and mae.config.norm_pix_loss
+
+
+@pytest.mark.slow
+def test_the_mae_contender_trains_with_the_scripts_arguments_and_resumes_exactly(fashion_folder, tiny_config, tmp_path):
+    """Exact resume needs `MFMPretrainingTrainer`'s checkpoint loading: transformers' own drops
+    ViTMAE's decoder weights, saved under their old names (huggingface/transformers#43701)."""
+    common = ["--batched_augmentation", "--max_steps", "6", "--save_steps", "3", "--save_total_limit", "3"]
+    assert mae_contender.main(run_args(fashion_folder, tiny_config, tmp_path / "straight", *common)) == 0
+    encoder = AutoModel.from_pretrained(tmp_path / "straight")
+    assert type(encoder).__name__ == "MFMViTModel" and (tmp_path / "straight" / "loss_curve.png").exists()
+    history = json.loads((tmp_path / "straight" / "train_results.json").read_text())["log_history"]
+    assert len([entry["loss"] for entry in history if "loss" in entry]) == 6
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight" / "checkpoint-3", resumed / "checkpoint-3")
+    assert mae_contender.main(run_args(fashion_folder, tiny_config, resumed, *common, "--resume_from_checkpoint",
+                                       str(resumed / "checkpoint-3"))) == 0
+    straight, again = (AutoModel.from_pretrained(folder).state_dict() for folder in (tmp_path / "straight", resumed))
+    assert all(torch.equal(straight[name], again[name]) for name in straight)
+    with pytest.raises(ValueError, match="needs a ViT encoder config"):
+        mae_contender.main(run_args(fashion_folder, "resnet18", tmp_path / "resnet", "--max_steps", "1"))
+
+
+@pytest.mark.slow
+def test_compute_curve_smoke_resume_and_report(tmp_path):
+    data = tiny_cifar_layout(tmp_path / "data", {"train": 12, "test": 20})
+    argv = ["--output_dir", str(tmp_path / "curve"), "--data_dir", str(data), "--methods", "scratch", "mfm", "mae",
+            "--seeds", "0", "--end_point_seeds", "0", "1", "--scratch_seeds", "0", "1", "--pretrain_steps", "16",
+            "--calibration_steps", "2", "--batch_size", "8", "--fine_tune_batch_size", "16", "--fine_tune_epochs_10pct", "1",
+            "--episodes", "5", "--dataloader_num_workers", "0"]
+    results = compute_curve.main(argv)
+    runs, out = results["runs"], tmp_path / "curve"
+    for method in ("mfm", "mae"):  # FOLK's part, its teacher's entropy, is tested on its own below
+        assert results["pretraining_steps"][method] == 16 and runs[f"calibration/{method}"]["images_per_second"] > 0
+        for step in (1, 2, 4, 8, 16):  # the log-spaced points of the curve, seed 0
+            for protocol in compute_curve.CURVE_PROTOCOLS:
+                assert 0 <= runs[f"{method}/seed0/step{step}/{protocol}"]["top1"] <= 1
+        assert f"{method}/seed1/step8/knn" not in runs  # seed 1: the end point only
+        for seed in (0, 1):
+            for protocol in [*compute_curve.CURVE_PROTOCOLS, *compute_curve.END_PROTOCOLS]:
+                assert 0 <= runs[f"{method}/seed{seed}/step16/{protocol}"]["top1"] <= 1
+        assert results["summary"][method]["end_point"]["knn"]["seeds"] == 2
+    assert results["summary"]["scratch"]["end_point"]["fine_tune_10pct"]["seeds"] == 2
+    assert (out / "compute_curve.png").stat().st_size > 0 and "| mae |" in (out / "curve.md").read_text()
+    assert (out / "mfm-seed0" / "curve" / "step-4" / "config.json").exists()
+
+    before = json.loads((out / "results.json").read_text())["runs"]
+    mtime = (out / "mae-seed0" / "encoder" / "model.safetensors").stat().st_mtime_ns
+    assert compute_curve.main(argv)["runs"] == before  # a re-run finds everything done
+    assert (out / "mae-seed0" / "encoder" / "model.safetensors").stat().st_mtime_ns == mtime
+    (out / "curve.md").unlink()
+    assert compute_curve.main([*argv, "--report_only"])["runs"] == before and (out / "curve.md").exists()
+    with pytest.raises(ValueError, match="other settings"):
+        compute_curve.main([*argv[:-2], "--dataloader_num_workers", "1"])
+    with pytest.raises(ValueError, match="a positive multiple of 16"):
+        compute_curve.main([*argv, "--pretrain_steps", "20"])
+
+
+def test_folk_on_the_batched_path_logs_the_teacher_entropy_the_curve_draws(fashion_folder, tiny_config, tmp_path):
+    """FOLK on --batched_augmentation (two jittered views per image, its figure from them); the
+    curve reads its teacher's entropy per logged step, between 0 and log K."""
+    output = tmp_path / "folk"
+    assert run_pretraining.main(run_args(fashion_folder, tiny_config, output, "--objective", "folk", "--batched_augmentation",
+                                         "--max_steps", "3", "--config_overrides", "folk_head_output_dim=64")) == 0
+    entropy = compute_curve.teacher_entropy(output)
+    assert [step for step, _ in entropy] == [1, 2, 3] and all(0 < value <= math.log(64) + 1e-4 for _, value in entropy)
+    assert (output / "reconstructions.png").stat().st_size > 0
