@@ -191,36 +191,41 @@ def write_outputs(args, results: Results, steps: dict[str, int]) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4), dpi=120)
     budget = args.budget_minutes
+    colours = {method: "grey" if method == "scratch" else f"C{index}" for index, method in enumerate(args.methods)}
     for axis, (protocol, name) in zip(axes[:2], CURVE_PROTOCOLS.items()):
         scratch = summary.get("scratch", {}).get("end_point", {}).get(protocol)
         if scratch is not None:
             low, high = scratch["mean"] - scratch["sd"], scratch["mean"] + scratch["sd"]
-            axis.axhspan(low, high, color="grey", alpha=0.3, label=f"scratch (± sd, {scratch['seeds']} seeds)")
-            axis.axhline(scratch["mean"], color="grey", lw=1)
+            axis.axhspan(low, high, color=colours["scratch"], alpha=0.3, label=f"scratch (± sd, {scratch['seeds']} seeds)")
+            axis.axhline(scratch["mean"], color=colours["scratch"], lw=1)
         for method in args.methods:
             if method == "scratch":
                 continue
             points = sorted((int(step), values[protocol]) for step, values in summary[method]["curve"].items() if protocol in values)
             if points:
                 minutes = [step * minutes_per_step(method, results, args) for step, _ in points]
-                axis.plot(minutes, [value for _, value in points], marker="o", label=method)
+                axis.plot(minutes, [value for _, value in points], marker="o", color=colours[method], label=method)
         axis.set_xscale("log", base=2)
         axis.set_xlabel(f"pre-training compute (minutes on {results.data.get('cpu', 'this CPU')}, 2 cores)")
         axis.set_ylabel(f"CIFAR-10 test top-1, {name}")
         axis.set_title(f"{name} along pre-training (budget {budget:g} min)", fontsize=9)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    bars = axes[2]
+    points = axes[2]  # dots, not bars: the differences are a few points, and bars would have to start at zero
     x = np.arange(len(END_PROTOCOLS))
-    width = 0.8 / len(args.methods)
+    width = 0.6 / len(args.methods)
     for i, method in enumerate(args.methods):
         end = summary[method]["end_point"]
         means = [end.get(p, {}).get("mean", np.nan) for p in END_PROTOCOLS]
         sds = [end.get(p, {}).get("sd", 0.0) for p in END_PROTOCOLS]
-        bars.bar(x + (i - (len(args.methods) - 1) / 2) * width, means, width, yerr=sds, capsize=2, label=method)
-    bars.set_xticks(x, list(END_PROTOCOLS.values()))
-    bars.set_ylabel("CIFAR-10 test top-1 at the end point")
-    bars.legend(fontsize=7)
+        seeds = max((end.get(p, {}).get("seeds", 0) for p in END_PROTOCOLS), default=0)
+        points.errorbar(x + (i - (len(args.methods) - 1) / 2) * width, means, yerr=sds, fmt="o", capsize=3, color=colours[method],
+                        label=f"{method} ({seeds} seed{'s' if seeds != 1 else ''})")
+    points.set_xticks(x, list(END_PROTOCOLS.values()))
+    points.set_xlim(-0.5, len(END_PROTOCOLS) - 0.5)
+    points.set_ylabel("CIFAR-10 test top-1 at the end point (mean ± sd)")
+    points.grid(alpha=0.3)
+    points.legend(fontsize=7)
     entropy_axis = axes[3]
     for seed in args.seeds:
         entropy = results.get(f"folk/seed{seed}/teacher_entropy")
