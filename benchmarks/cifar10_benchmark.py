@@ -331,23 +331,30 @@ def write_outputs(args, results: Results, methods: list[str], steps: dict[str, i
     plt.close(fig)
 
 
-def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/cifar10_benchmark")
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `pretraining_arguments`, `calibrate`, `fine_tune` and the frozen-feature
+    protocols read, shared with `benchmarks.compute_curve`."""
     parser.add_argument("--data_dir", default=None, help="CIFAR-10 image folder with train/ and test/ (default: the shared tar, extracted)")
-    parser.add_argument("--methods", nargs="+", default=["scratch", "mfm", "folk", "sr"], choices=["scratch", *METHODS, *CONTENDERS])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--budget_minutes", type=float, default=15.5, help="pre-training wall-clock budget per pre-trained method and seed")
-    parser.add_argument("--pretrain_steps", type=int, default=None, help="skip the calibration: this many steps for every method")
     parser.add_argument("--calibration_steps", type=int, default=60)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--pretrain_learning_rate", type=float, default=1.5e-3)
     parser.add_argument("--folk_ema_momentum", type=float, default=0.99)
     parser.add_argument("--fine_tune_batch_size", type=int, default=64)
-    parser.add_argument("--fine_tune_epochs_1pct", type=float, default=60)
     parser.add_argument("--fine_tune_epochs_10pct", type=float, default=15)
     parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--dataloader_num_workers", type=int, default=1)
+    parser.add_argument("--dataloader_num_workers", type=int, default=1,
+                        help="data-loader workers (the compute curve's batched pre-training uses 0)")
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="outputs/cifar10_benchmark")
+    parser.add_argument("--methods", nargs="+", default=["scratch", "mfm", "folk", "sr"], choices=["scratch", *METHODS, *CONTENDERS])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--budget_minutes", type=float, default=15.5, help="pre-training wall-clock budget per pre-trained method and seed")
+    parser.add_argument("--pretrain_steps", type=int, default=None, help="skip the calibration: this many steps for every method")
+    parser.add_argument("--fine_tune_epochs_1pct", type=float, default=60)
+    add_run_arguments(parser)
     parser.add_argument("--report_only", action="store_true", help="only rewrite table.md and benchmark.png from results.json")
     parser.add_argument("--pretraining_flags", nargs=argparse.REMAINDER, default=[],
                         help="last: run_pretraining.py flags for every pre-trained method (a recipe variant, e.g. --mask_radius 32); "

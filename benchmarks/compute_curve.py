@@ -37,6 +37,7 @@ from benchmarks.cifar10_benchmark import (
     ENCODER,
     FOLK_HEAD,
     Results,
+    add_run_arguments,
     calibrate,
     cifar10_folder,
     fine_tune,
@@ -244,23 +245,15 @@ def write_outputs(args, results: Results, steps: dict[str, int]) -> None:
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/compute_curve")
-    parser.add_argument("--data_dir", default=None, help="CIFAR-10 image folder with train/ and test/ (default: the shared tar, extracted)")
     parser.add_argument("--methods", nargs="+", default=["scratch", "mfm", "folk", "mae"], choices=["scratch", *METHODS, *CONTENDERS])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds whose whole curve is evaluated")
     parser.add_argument("--end_point_seeds", type=int, nargs="+", default=[0, 1], help="seeds whose end point is evaluated")
     parser.add_argument("--scratch_seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget_minutes", type=float, default=62.0,
                         help="pre-training budget per method and seed on this machine (4x the CIFAR-10 benchmark's 15.5)")
-    parser.add_argument("--calibration_steps", type=int, default=60)
     parser.add_argument("--pretrain_steps", type=int, default=None, help="this many steps for every method instead of the budget's "
                         "(a multiple of 16; the calibration still sets the compute axis)")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--pretrain_learning_rate", type=float, default=1.5e-3)
-    parser.add_argument("--folk_ema_momentum", type=float, default=0.99)
-    parser.add_argument("--fine_tune_batch_size", type=int, default=64)
-    parser.add_argument("--fine_tune_epochs_10pct", type=float, default=15)
-    parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--dataloader_num_workers", type=int, default=1, help="fine-tuning's (pre-training's batched path uses 0)")
+    add_run_arguments(parser)
     parser.add_argument("--report_only", action="store_true", help="only rewrite curve.md and compute_curve.png from results.json")
     parser.add_argument("--pretraining_flags", nargs=argparse.REMAINDER, default=[],
                         help="last: more run_pretraining.py flags for every pre-trained method (e.g. --mask_radius 32); "
