@@ -213,6 +213,24 @@ def frozen_features(encoder: Path, split_dir: Path, cache: Path, args) -> dict[s
     return tensors
 
 
+#: The protocols on frozen features (the others fine-tune).
+FROZEN_FEATURE_PROTOCOLS = ("knn", "linear_probe", "five_shot")
+
+
+def frozen_feature_top1(protocol: str, train: dict, test: dict, seed: int, args) -> float:
+    """Test top-1 of a frozen-feature protocol on cached ``{"features", "labels"}``: weighted
+    kNN (k = 20), the linear probe, or ``args.episodes`` 5-way 5-shot episodes (prototypes)."""
+    if protocol == "five_shot":
+        return float(np.mean(run_episodes(test["features"], test["labels"].numpy(), ways=5, shots=5, queries=15,
+                                          episodes=args.episodes, classifier="prototype", seed=seed)))
+    if protocol == "knn":
+        predicted = evaluation.weighted_knn_predict(train["features"], train["labels"], test["features"], 10,
+                                                    k=min(20, len(train["labels"])))
+    else:
+        predicted = evaluation.linear_probe_predict(train["features"], train["labels"], test["features"], 10)
+    return float((predicted == test["labels"]).float().mean())
+
+
 def fine_tune(encoder: Path, fraction: float, seed: int, data: Path, output: Path, args) -> dict:
     train_images = round(fraction * args.train_images)
     steps = max(1, round(args.fine_tune_epochs[fraction] * train_images / args.fine_tune_batch_size))
@@ -237,23 +255,13 @@ def evaluate_checkpoint(method: str, seed: int, encoder: Path, data: Path, args,
     todo = [p for p in PROTOCOLS if results.get(f"{method}/seed{seed}/{p}") is None]
     if not todo:
         return
-    if {"knn", "linear_probe", "five_shot"} & set(todo):
+    if set(FROZEN_FEATURE_PROTOCOLS) & set(todo):
         train = frozen_features(encoder, data / "train", run_dir / "train_features.safetensors", args)
         test = frozen_features(encoder, data / "test", run_dir / "test_features.safetensors", args)
     for protocol in todo:
         started = time.time()
-        if protocol == "knn":
-            predicted = evaluation.weighted_knn_predict(
-                train["features"], train["labels"], test["features"], 10, k=min(20, len(train["labels"]))
-            )
-            value = {"top1": float((predicted == test["labels"]).float().mean())}
-        elif protocol == "linear_probe":
-            predicted = evaluation.linear_probe_predict(train["features"], train["labels"], test["features"], 10)
-            value = {"top1": float((predicted == test["labels"]).float().mean())}
-        elif protocol == "five_shot":
-            accuracies = run_episodes(test["features"], test["labels"].numpy(), ways=5, shots=5, queries=15,
-                                                   episodes=args.episodes, classifier="prototype", seed=seed)
-            value = {"top1": float(np.mean(accuracies)), "episodes": len(accuracies)}
+        if protocol in FROZEN_FEATURE_PROTOCOLS:
+            value = {"top1": frozen_feature_top1(protocol, train, test, seed, args)}
         else:
             fraction = 0.01 if protocol == "fine_tune_1pct" else 0.1
             value = fine_tune(encoder, fraction, seed, data, run_dir / protocol, args)

@@ -36,18 +36,19 @@ from benchmarks.cifar10_benchmark import (
     CONTENDERS,
     ENCODER,
     FOLK_HEAD,
+    FROZEN_FEATURE_PROTOCOLS,
     Results,
     add_run_arguments,
     calibrate,
     cifar10_folder,
     fine_tune,
+    frozen_feature_top1,
     frozen_features,
     pretrain,
 )
 from benchmarks.machine import cpu_name
 from benchmarks.mae_contender import ImageInputViTMAE, encoder_from_mae
-from mfm_hub import MFMViTConfig, evaluation
-from mfm_hub.evaluation.few_shot import run_episodes
+from mfm_hub import MFMViTConfig
 from mfm_hub.folder_lock import claim_folder
 from mfm_hub.pretraining import METHODS, pretrained_backbone, pretraining_model
 from mfm_hub.validation import require, require_at_least
@@ -78,25 +79,6 @@ def curve_encoder(method: str, run: Path, step: int, steps: int) -> Path:
     return folder
 
 
-def probe(encoder: Path, data: Path, protocols, seed: int, args) -> dict:
-    """kNN / linear probe / 5-shot top-1 of ``encoder`` on frozen features (cached beside it)."""
-    train = frozen_features(encoder, data / "train", encoder / "train_features.safetensors", args)
-    test = frozen_features(encoder, data / "test", encoder / "test_features.safetensors", args)
-    values = {}
-    for protocol in protocols:
-        if protocol == "knn":
-            predicted = evaluation.weighted_knn_predict(train["features"], train["labels"], test["features"], 10,
-                                                        k=min(20, len(train["labels"])))
-        elif protocol == "linear_probe":
-            predicted = evaluation.linear_probe_predict(train["features"], train["labels"], test["features"], 10)
-        if protocol == "five_shot":
-            values[protocol] = float(np.mean(run_episodes(test["features"], test["labels"].numpy(), ways=5, shots=5, queries=15,
-                                                          episodes=args.episodes, classifier="prototype", seed=seed)))
-        else:
-            values[protocol] = float((predicted == test["labels"]).float().mean())
-    return values
-
-
 def evaluate_point(method: str, seed: int, step: int, steps: int, protocols, data: Path, args, results: Results) -> None:
     run = Path(args.output_dir) / f"{method}-seed{seed}"
     todo = [p for p in protocols if results.get(f"{method}/seed{seed}/step{step}/{p}") is None]
@@ -104,8 +86,12 @@ def evaluate_point(method: str, seed: int, step: int, steps: int, protocols, dat
         return
     encoder = curve_encoder(method, run, step, steps)
     started = time.time()
-    frozen = [p for p in todo if p != "fine_tune_10pct"]
-    values = {p: {"top1": v} for p, v in probe(encoder, data, frozen, seed, args).items()} if frozen else {}
+    values = {}
+    frozen = [p for p in todo if p in FROZEN_FEATURE_PROTOCOLS]
+    if frozen:
+        train = frozen_features(encoder, data / "train", encoder / "train_features.safetensors", args)
+        test = frozen_features(encoder, data / "test", encoder / "test_features.safetensors", args)
+        values = {protocol: {"top1": frozen_feature_top1(protocol, train, test, seed, args)} for protocol in frozen}
     if "fine_tune_10pct" in todo:
         values["fine_tune_10pct"] = fine_tune(encoder, 0.1, seed, data, run / "fine_tune_10pct", args)
     for protocol, value in values.items():
