@@ -85,6 +85,10 @@ def cifar10_folder(data_dir: str | None) -> Path:
     return folder
 
 
+#: Arguments that say where a run is and how to report it, not what it measures.
+RUN_STATE = ("fine_tune_epochs", "output_dir", "train_images", "report_only")
+
+
 class Results:
     """``results.json``: calibration and one entry per (method, seed, protocol), written
     atomically after each so an interrupted benchmark loses at most the running item."""
@@ -104,6 +108,18 @@ class Results:
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self.data, indent=1))
         temporary.replace(self.path)
+
+    def check_settings(self, args) -> None:
+        """Keep the first run's settings (the arguments, less where and how to report) and refuse
+        a run with others. Options left unset (None) or empty are not settings, so a folder stays
+        valid when an option is added."""
+        def chosen(options: dict) -> dict:
+            return {k: v for k, v in options.items() if k not in RUN_STATE and v is not None and v != []}
+
+        settings = chosen(vars(args))
+        if chosen(self.data.setdefault("settings", settings)) != settings:
+            raise ValueError(f"{self.path.parent} holds a benchmark run with other settings ({self.data['settings']}); "
+                             f"use another --output_dir to run with {settings}.")
 
 
 def pretraining_arguments(method: str, seed: int, steps: int, args, train_dir: Path, output: Path, num_checkpoints: int = 4,
@@ -382,12 +398,7 @@ def main(argv=None) -> dict:
     out = claim_folder(args.output_dir)  # one benchmark per folder at a time; its sub-runs write inside it under this claim
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / "results.json")
-    settings = {k: v for k, v in vars(args).items() if k not in ("fine_tune_epochs", "output_dir", "train_images", "report_only")}
-    if not args.pretraining_flags:
-        del settings["pretraining_flags"]  # the default recipe: benchmark folders written before this option stay valid
-    if results.data.setdefault("settings", settings) != settings:
-        raise ValueError(f"{out} holds a benchmark run with other settings ({results.data['settings']}); "
-                         f"use another --output_dir to run with {settings}.")
+    results.check_settings(args)
     results.data["hardware"] = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     results.save()
     MFMViTConfig(**ENCODER).to_json_file(out / "encoder_config.json")

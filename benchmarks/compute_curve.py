@@ -262,13 +262,7 @@ def main(argv=None) -> dict:
     out = claim_folder(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / "results.json")
-    # options left unset are not settings: a folder stays valid when an option is added
-    settings = {k: v for k, v in vars(args).items()
-                if k not in ("fine_tune_epochs", "output_dir", "train_images", "report_only") and v is not None}
-    stored = {k: v for k, v in results.data.setdefault("settings", settings).items() if v is not None}
-    if stored != settings:
-        raise ValueError(f"{out} holds a compute curve with other settings ({results.data['settings']}); "
-                         f"use another --output_dir to run with {settings}.")
+    results.check_settings(args)
     results.data.setdefault("cpu", cpu_name())  # the machine of the calibration, which sets every step count
     results.data["hardware"] = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     results.save()
