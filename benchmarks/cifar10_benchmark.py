@@ -86,7 +86,13 @@ def cifar10_folder(data_dir: str | None) -> Path:
 
 
 #: Arguments that say where a run is and how to report it, not what it measures.
-RUN_STATE = ("fine_tune_epochs", "output_dir", "train_images", "report_only")
+RUN_STATE = ("fine_tune_epochs", "output_dir", "train_images", "report_only", "reuse_from")
+
+
+def chosen_settings(options: dict, leave_out=RUN_STATE) -> dict:
+    """The options that set what a run measures. Options left unset (None) or empty are not
+    settings, so a folder stays valid when an option is added."""
+    return {k: v for k, v in options.items() if k not in leave_out and v is not None and v != []}
 
 
 class Results:
@@ -111,13 +117,9 @@ class Results:
 
     def check_settings(self, args) -> None:
         """Keep the first run's settings (the arguments, less where and how to report) and refuse
-        a run with others. Options left unset (None) or empty are not settings, so a folder stays
-        valid when an option is added."""
-        def chosen(options: dict) -> dict:
-            return {k: v for k, v in options.items() if k not in RUN_STATE and v is not None and v != []}
-
-        settings = chosen(vars(args))
-        if chosen(self.data.setdefault("settings", settings)) != settings:
+        a run with others."""
+        settings = chosen_settings(vars(args))
+        if chosen_settings(self.data.setdefault("settings", settings)) != settings:
             raise ValueError(f"{self.path.parent} holds a benchmark run with other settings ({self.data['settings']}); "
                              f"use another --output_dir to run with {settings}.")
 

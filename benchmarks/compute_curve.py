@@ -14,9 +14,13 @@ is kept beside, against ``log K``.
 
     python -m benchmarks.compute_curve --output_dir outputs/compute_curve                   # 4 x 15.5 min per method
     python -m benchmarks.compute_curve --budget_minutes 15.5 --end_point_seeds 0 ...       # a shorter curve
+    python -m benchmarks.compute_curve --output_dir outputs/compute_curve_4x \
+        --reuse_from outputs/compute_curve_15.5min/results.json                             # the shorter one's compute axis
 
 Writes ``results.json`` (as each item finishes; a re-run skips what is done and resumes an
 interrupted pre-training from its last checkpoint), ``curve.md`` and ``compute_curve.png``.
+A finished item needs only its entry in ``results.json``: a copy of that file in a new
+``--output_dir`` continues the run where it stood, without the run folders.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from benchmarks.cifar10_benchmark import (
     ENCODER,
     FOLK_HEAD,
     FROZEN_FEATURE_PROTOCOLS,
+    RUN_STATE,
     Results,
     add_run_arguments,
     calibrate,
+    chosen_settings,
     cifar10_folder,
     fine_tune,
     frozen_feature_top1,
@@ -214,7 +220,7 @@ def write_outputs(args, results: Results, steps: dict[str, int]) -> None:
     points.grid(alpha=0.3)
     points.legend(fontsize=7)
     entropy_axis = axes[3]
-    for seed in args.seeds:
+    for seed in end_seeds:
         entropy = results.get(f"folk/seed{seed}/teacher_entropy")
         if entropy:
             entropy_axis.plot(*zip(*entropy), label=f"FOLK seed {seed}")
@@ -226,6 +232,29 @@ def write_outputs(args, results: Results, steps: dict[str, int]) -> None:
     fig.tight_layout()
     fig.savefig(out / "compute_curve.png")
     plt.close(fig)
+
+
+#: What a run chooses about its own extent; every other setting of an earlier run must be equal to reuse its items.
+EXTENT = ("methods", "seeds", "end_point_seeds", "scratch_seeds", "budget_minutes", "pretrain_steps")
+
+
+def reuse_earlier_run(earlier_path: Path, results: Results) -> None:
+    """Take an earlier curve's calibration (so both runs share one compute axis and their step counts
+    scale with the budget exactly) and its scratch evaluations (scratch does not depend on the budget)
+    instead of measuring them again. The two runs must agree on every setting but their extent."""
+    earlier = Results(earlier_path)
+    if "settings" not in earlier.data:
+        raise ValueError(f"--reuse_from {earlier_path}: not a compute-curve results.json (it has no settings).")
+    ours, theirs = (chosen_settings(r.data["settings"], (*RUN_STATE, *EXTENT)) for r in (results, earlier))
+    if ours != theirs:
+        raise ValueError(f"--reuse_from {earlier_path}: that run has other settings ({theirs}) than this one ({ours}); "
+                         f"only {', '.join(EXTENT)} may differ.")
+    for key, value in earlier.data["runs"].items():
+        if key.startswith(("calibration/", "scratch/")) and results.get(key) is None:
+            results.data["runs"][key] = value
+    results.data["cpu"] = earlier.data["cpu"]
+    results.data["reused_from"] = str(earlier_path)
+    results.save()
 
 
 def parse_arguments(argv=None):
@@ -240,6 +269,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--pretrain_steps", type=int, default=None, help="this many steps for every method instead of the budget's "
                         "(a multiple of 16; the calibration still sets the compute axis)")
     add_run_arguments(parser)
+    parser.add_argument("--reuse_from", default=None, help="results.json of an earlier curve with the same settings but its extent: "
+                        "its calibration and scratch evaluations are taken, not measured again (read once, at the first run)")
     parser.add_argument("--report_only", action="store_true", help="only rewrite curve.md and compute_curve.png from results.json")
     parser.add_argument("--pretraining_flags", nargs=argparse.REMAINDER, default=[],
                         help="last: more run_pretraining.py flags for every pre-trained method (e.g. --mask_radius 32); "
@@ -263,6 +294,8 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / "results.json")
     results.check_settings(args)
+    if args.reuse_from and "reused_from" not in results.data:
+        reuse_earlier_run(Path(args.reuse_from), results)
     results.data.setdefault("cpu", cpu_name())  # the machine of the calibration, which sets every step count
     results.data["hardware"] = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     results.save()
@@ -288,7 +321,7 @@ def main(argv=None) -> dict:
     for seed in sorted(set(args.seeds) | set(args.end_point_seeds)):
         for method in pretrained:
             pretrain(method, seed, steps[method], args, data / "train", results, num_checkpoints=CHECKPOINTS, keep=CHECKPOINTS)
-            if method == "folk":
+            if method == "folk" and results.get(f"folk/seed{seed}/teacher_entropy") is None:
                 results.put(f"folk/seed{seed}/teacher_entropy", teacher_entropy(out / f"folk-seed{seed}" / "encoder"))
             if seed in args.seeds:
                 for step in point_steps(steps[method])[:-1]:

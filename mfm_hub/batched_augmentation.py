@@ -112,7 +112,8 @@ def _decoded_cache_path(dataset, image_column: str) -> Optional[Path]:
     cache_files = getattr(dataset, "cache_files", None)
     if not cache_files:
         return None
-    return Path(cache_files[0]["filename"]).parent / f"mfm_hub-decoded-{dataset._fingerprint}-{image_column}.npy"
+    # v2: decoded upright by the EXIF orientation; a cache written before is not read
+    return Path(cache_files[0]["filename"]).parent / f"mfm_hub-decoded-v2-{dataset._fingerprint}-{image_column}.npy"
 
 
 class BatchedPretrainingImages(torch.utils.data.Dataset):

@@ -26,6 +26,7 @@ from .arguments import guard_output_dir
 from .configuration_mfm import PRESETS, config_from_preset
 from .families import family_of
 from .folder_lock import folder_claimed
+from .hub import upload_folder
 from .image_processing import image_processor_for_config
 from .model_card import OFFICIAL_WEIGHTS_LICENSE, write_model_card
 from .modeling_common import refuse_non_finite_weights
@@ -178,11 +179,7 @@ def convert(checkpoint: str | Path, arch: str, output: str | Path, image_size: O
             license=OFFICIAL_WEIGHTS_LICENSE,
         )
         if push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi()
-            api.create_repo(push_to_hub, exist_ok=True)
-            api.upload_folder(repo_id=push_to_hub, folder_path=str(output), commit_message=f"Convert official MFM {arch}")
+            upload_folder(output, push_to_hub, f"Convert official MFM {arch}")
         return model
 
 

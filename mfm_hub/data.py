@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 import datasets
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2 as T
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (`datasets` decodes images so)."""
+    return ImageOps.exif_transpose(image) if image.getexif().get(ExifTags.Base.Orientation, 1) != 1 else image
+
+
 def decode_image(value: Any) -> Image.Image:
-    """Decode a dataset image entry (PIL image, ``{"path", "bytes"}`` dict or a path) to RGB."""
+    """Decode a dataset image entry (PIL image, ``{"path", "bytes"}`` dict or a path) to RGB,
+    turned upright by its EXIF orientation as `datasets` and transformers' ``load_image`` do
+    (a PIL image is taken as already decoded that way)."""
     if isinstance(value, Image.Image):
         return to_rgb(value)
     if isinstance(value, dict):
@@ -69,7 +76,7 @@ def decode_image(value: Any) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data) if data is not None else source) as image:
             image.load()  # full decode now: truncated files fail here, not later
-            return to_rgb(image)
+            return to_rgb(upright(image))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise BadImageError(source, f"{type(error).__name__}: {error}") from error
 
@@ -392,6 +399,7 @@ def epoch_of(state_epoch: Optional[float]) -> int:
 __all__ = [
     "BadImageError",
     "DatasetReference",
+    "upright",
     "dataset_reference",
     "sample_examples",
     "FASHION_MNIST_LABELS",

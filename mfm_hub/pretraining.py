@@ -16,6 +16,7 @@ from . import data as mfm_data
 from .batched_augmentation import batched_views
 from .configuration_mfm import PRESETS, check_model_source, resolve_config
 from .families import family_of
+from .hub import upload_folder
 from .image_processing import image_processor_for_config
 from .model_card import PROJECT_LICENSE, hub_base_model, source_license, write_model_card
 from .pretext import PRETEXT_TASKS, get_pretext_task
@@ -139,12 +140,7 @@ def export_pretrained(trainer: transformers.Trainer, objective: str, figure_pixe
 
 def push_pretrained(output: Path, repo_id: str) -> None:
     """Upload an exported run (without its Trainer checkpoints and logs) to the Hub."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(output), ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**"],
-                      commit_message="Upload MFM pre-trained backbone")
+    upload_folder(output, repo_id, "Upload MFM pre-trained backbone", ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**"])
 
 
 __all__ = ["FOLK_PRETEXT_TASK", "METHODS", "OBJECTIVES", "describe_hardware", "describe_recipe", "export_pretrained", "figure_batch",

@@ -29,6 +29,7 @@ from .arguments import guard_output_dir
 from .configuration_mfm import check_model_source
 from .families import saved_model_class
 from .folder_lock import folder_claimed
+from .hub import upload_folder
 from .image_processing import EVAL_CROP_PCT
 from .model_card import CardLicense, source_license
 from .modeling_common import refuse_non_finite_weights
@@ -98,11 +99,7 @@ def export_to_timm(source, output: str | Path, push_to_hub: Optional[str] = None
             card_license.apply(card)
         card.save(output / "README.md")
         if push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi()
-            api.create_repo(push_to_hub, exist_ok=True)
-            api.upload_folder(repo_id=push_to_hub, folder_path=str(output), commit_message="Export MFM checkpoint for timm")
+            upload_folder(output, push_to_hub, "Export MFM checkpoint for timm")
         return output
 
 

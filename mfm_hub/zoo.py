@@ -28,6 +28,7 @@ from huggingface_hub import EvalResult, ModelCard, constants
 
 from .convert_official import convert
 from .folder_lock import folder_claimed
+from .hub import upload_folder
 from .official import (
     BACKBONES,
     METHOD_NAMES,
@@ -178,16 +179,11 @@ def write_zoo_card(folder: Path, entry: OfficialCheckpoint, model, repo_name: Op
 def publish(organization: str, names: Optional[list[str]] = None, url_template: Optional[str] = None) -> list[str]:
     """Push every (or each named) zoo entry to ``<organization>/<name>``; re-running uploads
     only what changed (the Hub skips identical files)."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
     pushed = []
     for name in names or list(OFFICIAL_CHECKPOINTS):
         folder = fetch(name, url_template=url_template)
         repo_id = f"{organization}/{name}"
-        api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), ignore_patterns=[_COMPLETE],
-                          commit_message=f"Official MFM checkpoint {name}, converted by mfm_hub")
+        upload_folder(folder, repo_id, f"Official MFM checkpoint {name}, converted by mfm_hub", ignore_patterns=[_COMPLETE])
         pushed.append(repo_id)
     return pushed
 

@@ -90,6 +90,17 @@ def test_compute_curve_smoke_resume_and_report(tmp_path):
     assert compute_curve.main([*argv, "--report_only"])["runs"] == before and (out / "curve.md").exists()
     with pytest.raises(ValueError, match="other settings"):
         compute_curve.main([*argv[:-2], "--dataloader_num_workers", "1"])
+
+    moved = tmp_path / "moved"  # a finished item needs only its entry: a copy of results.json continues the run
+    moved.mkdir()
+    shutil.copy(out / "results.json", moved / "results.json")
+    assert compute_curve.main([*argv, "--output_dir", str(moved)])["runs"] == before and not (moved / "mfm-seed0").exists()
+    longer = [*argv, "--output_dir", str(tmp_path / "longer"), "--pretrain_steps", "32", "--reuse_from", str(out / "results.json")]
+    reused = compute_curve.main([*longer, "--report_only"])
+    assert reused["runs"] == {key: value for key, value in before.items() if key.startswith(("calibration/", "scratch/"))}
+    assert reused["pretraining_steps"] == {"mfm": 32, "mae": 32} and not (tmp_path / "longer" / "calibration").exists()
+    with pytest.raises(ValueError, match="only methods, seeds.* may differ"):
+        compute_curve.main([*longer[:-2], "--output_dir", str(tmp_path / "other"), "--batch_size", "4", *longer[-2:]])
     with pytest.raises(ValueError, match="a positive multiple of 16"):
         compute_curve.main([*argv, "--pretrain_steps", "20"])
 

@@ -10,12 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
 from conftest import SCRIPT, run_args, script_env, tiny_resnet_config, tiny_swin_config, tiny_vit_config
 from parity import FLOAT32_TRAINING, assert_close
-from PIL import Image
+from PIL import ExifTags, Image
 from safetensors.torch import load_file
 from transformers import AutoModel
 
@@ -27,6 +28,7 @@ from mfm_hub.data import (
     collate_pretraining,
     decode_image,
 )
+from mfm_hub.evaluation.segmentation import read_label_map
 from mfm_hub.pretext import get_pretext_task
 from mfm_hub.pretraining import pretraining_model
 from mfm_hub.trainer import MFMPretrainingTrainer, NonFiniteLossError, checkpoint_problem, resolve_resume_checkpoint
@@ -263,6 +265,25 @@ def test_decode_image_handles_modes_and_names_bad_files(messy_folder):
         decode_image(str(extra / "truncated.png"))
     with pytest.raises(BadImageError, match="corrupt.jpg"):
         decode_image({"path": str(extra / "corrupt.jpg"), "bytes": (extra / "corrupt.jpg").read_bytes()})
+
+
+def test_a_photo_stored_sideways_decodes_upright_as_datasets_decodes_it(tmp_path):
+    """A camera JPEG kept as shot with EXIF orientation 6 (turn 90 degrees clockwise to view)
+    decodes upright, pixel for pixel as `datasets`' Image feature (and so the demo and every
+    evaluation); a label map carrying its own orientation turns the same way."""
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = 255  # a bright left edge: the top edge once upright
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    Image.fromarray(pixels).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    ours = decode_image(str(tmp_path / "sideways.jpg"))
+    theirs = datasets.Image().decode_example({"path": str(tmp_path / "sideways.jpg"), "bytes": None})
+    assert ours.size == theirs.size == (20, 40) and np.array_equal(np.asarray(ours), np.asarray(theirs))
+    assert np.asarray(ours)[:10].mean() > 200 and np.asarray(ours)[-10:].mean() < 50
+    assert decode_image({"path": None, "bytes": (tmp_path / "sideways.jpg").read_bytes()}).size == (20, 40)
+    Image.fromarray(pixels[..., 0] // 255).save(tmp_path / "sideways_labels.png", exif=exif)
+    labels, _ = read_label_map(str(tmp_path / "sideways_labels.png"))
+    assert labels.shape == (40, 20) and labels[:10].all() and not labels[-10:].any()
 
 
 @pytest.mark.slow

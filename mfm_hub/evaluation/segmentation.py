@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data import IMAGE_EXTENSIONS, decode_image
+from ..data import IMAGE_EXTENSIONS, decode_image, upright
 from ..modeling_common import normalize
 
 #: Class names of known label sets, in label order: CamVid's 11 classes as the SegNet layout numbers them (11 is unlabelled).
@@ -65,6 +65,7 @@ def read_label_map(value) -> tuple[np.ndarray, str]:
         name = source = str(value)
     with Image.open(source) as label_image:
         keep_values = label_image.mode in ("L", "P", "I", "I;16")
+        label_image = upright(label_image)  # a map with an EXIF orientation of its own, as `datasets` decodes it
         return np.asarray(label_image if keep_values else label_image.convert("L")).astype(np.int64), name
 
 
