@@ -113,14 +113,18 @@ def render_model_card(template: str, model, fields: dict[str, str]) -> str:
     return Template(text).substitute({**common, **fields})
 
 
-def write_model_card(output_dir: str | Path, template: str, model, fields: dict[str, str], license: CardLicense = PROJECT_LICENSE,
-                     base_model: Optional[str] = None) -> Path:
+def write_model_card(output_dir: str | Path, template: str, model, fields: dict[str, str], license: Optional[CardLicense] = None,
+                     source=None) -> Path:
     """``output_dir/README.md``: the rendered template, with the licence, the Hub task of
-    ``model`` (`pipeline_tag`) and the base model it was derived from as card metadata."""
-    card = ModelCard(render_model_card(template, model, fields))
+    ``model`` (`pipeline_tag`) and, for a model trained from ``source``, that source as the
+    card's ``base_model`` where it is a Hub repository. The licence is ``license``, else the one
+    ``source`` states, else the project's; ``$license_note`` defaults to its name."""
+    license = license or (source_license(source) if source is not None else None) or PROJECT_LICENSE
+    card = ModelCard(render_model_card(template, model, {"license_note": license.description, **fields}))
     license.apply(card)
     card.data.library_name = "transformers"
     card.data.pipeline_tag = pipeline_tag(model)
+    base_model = hub_base_model(source) if source is not None else None
     if base_model:
         card.data.base_model = base_model
     path = Path(output_dir) / "README.md"

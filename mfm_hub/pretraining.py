@@ -18,7 +18,7 @@ from .configuration_mfm import PRESETS, check_model_source, resolve_config
 from .families import family_of
 from .hub import upload_folder
 from .image_processing import image_processor_for_config
-from .model_card import PROJECT_LICENSE, hub_base_model, source_license, write_model_card
+from .model_card import write_model_card
 from .pretext import PRETEXT_TASKS, get_pretext_task
 from .visualization import logged_losses, plot_loss_curve, reconstruction_grid
 
@@ -119,8 +119,7 @@ def export_pretrained(trainer: transformers.Trainer, objective: str, figure_pixe
     reconstruction_grid(model, figure_pixels, output / "reconstructions.png",
                         generator=torch.Generator(model.device).manual_seed(args.seed), title=f"{title} pre-training")
     losses = [loss for _, loss in logged_losses(trainer.state.log_history)]
-    license = source_license(source) or PROJECT_LICENSE
-    write_model_card(output, "pretrained.md", backbone, license=license, base_model=hub_base_model(source), fields={
+    write_model_card(output, "pretrained.md", backbone, source=source, fields={
         "model_name": args.hub_model_id or output.name,
         "datasets": f"datasets:\n- {data.hub_id}\n" if data.hub_id else "",
         "dataset_name": data.name,

@@ -37,13 +37,14 @@ def _kind(path: Path) -> str:
     return "its format is unknown"
 
 
-def load_tensors(path: str | Path, allowed_globals: Iterable = ()) -> object:
+def load_tensors(path: str | Path, allowed_globals: Iterable = (), mmap: bool = False) -> object:
     """``torch.load`` on the CPU that never runs pickled code; `UnsafeCheckpointError` naming the
-    refused object, or `ValueError` saying what the file is, instead of torch's messages."""
+    refused object, or `ValueError` saying what the file is, instead of torch's messages. With
+    ``mmap`` the tensors stay on disk until used (the file's structure is read and checked whole)."""
     path = Path(path)
     try:
         with torch.serialization.safe_globals(list(allowed_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         refused = re.search(r"GLOBAL ([\w.]+)", str(error))
         if refused:

@@ -41,7 +41,7 @@ from mfm_hub.arguments import (
 from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_config
 from mfm_hub.data import dataset_reference, folder_splits, sample_examples
 from mfm_hub.evaluation.classification import ClassificationTrainer, ImageBatch, top1_during_training
-from mfm_hub.model_card import PROJECT_LICENSE, hub_base_model, source_license, write_model_card
+from mfm_hub.model_card import write_model_card
 from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import logged_series, plot_confusion_matrix, plot_validation_curve
 
@@ -256,12 +256,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 trainer.state.log_history, folder / "validation_curve.png", f"{results['protocol']} ({len(train)} training images)"
             )
 
-    license = source_license(model_args.model) or PROJECT_LICENSE
-    write_model_card(output, "downstream.md", model, license=license, base_model=hub_base_model(model_args.model), fields={
+    write_model_card(output, "downstream.md", model, source=model_args.model, fields={
         "model_name": output.name, "task_title": f"{task}{shots}", "source": model_args.model, "script": "run_classification.py",
         "dataset_name": dataset_reference(data_args.dataset_name, data_args.train_dir).name,
         "data_summary": f"{len(train)} training images, {len(test)} evaluation images ({evaluation_split}), {len(class_names)} classes",
-        "results_summary": f"top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f}", "license_note": license.description,
+        "results_summary": f"top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f}",
         "figure_title": "confusion matrix", "figure": "confusion_matrix.png",
         "usage": 'classify = pipeline("image-classification", model="<this repo or folder>")\nclassify("image.jpg")'})
     entry = evaluation.ModelIndexEntry(output, output.name, "image-classification", f"{task}{shots}",

@@ -33,7 +33,7 @@ from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_confi
 from mfm_hub.data import dataset_reference, sample_examples
 from mfm_hub.evaluation.segmentation import EVAL_MULTIPLE, SegmentationBatch, class_names, load_segnet_folder, read_pair
 from mfm_hub.image_processing import segmentation_image_processor
-from mfm_hub.model_card import PROJECT_LICENSE, hub_base_model, source_license, write_model_card
+from mfm_hub.model_card import write_model_card
 from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import plot_overlays
 
@@ -164,15 +164,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
                "seed": args.seed, "class_names": model_args.classes, **scores}
     if not trainer.is_world_process_zero():
         return results
-    license = source_license(model_args.model) or PROJECT_LICENSE
-    write_model_card(output, "downstream.md", model, license=license, base_model=hub_base_model(model_args.model), fields={
+    write_model_card(output, "downstream.md", model, source=model_args.model, fields={
         "model_name": output.name, "task_title": "Semantic segmentation (UperNet)", "source": model_args.model,
         "script": "run_segmentation.py", "dataset_name": dataset_reference(data_args.dataset_name, data_args.data_dir).name,
         "data_summary": f"{len(train)} training images, {len(test)} evaluation images ({data_args.eval_split}), "
                         f"{model_args.num_labels} classes",
         "results_summary": f"mIoU {scores['mean_iou']:.4f}, mean accuracy {scores['mean_accuracy']:.4f}, "
                            f"overall accuracy {scores['overall_accuracy']:.4f}",
-        "license_note": license.description, "figure_title": "image, ground truth and prediction", "figure": "segmentation_overlays.png",
+        "figure_title": "image, ground truth and prediction", "figure": "segmentation_overlays.png",
         "usage": 'segment = pipeline("image-segmentation", model="<this repo or folder>")\nsegment("street.png")'})
     entry = evaluation.ModelIndexEntry(output, output.name, "image-segmentation", "Semantic segmentation (UperNet)",
                                        dataset_reference(data_args.dataset_name, data_args.data_dir),
