@@ -240,8 +240,11 @@ EXTENT = ("methods", "seeds", "end_point_seeds", "scratch_seeds", "budget_minute
 
 def reuse_earlier_run(earlier_path: Path, results: Results) -> None:
     """Take an earlier curve's calibration (so both runs share one compute axis and their step counts
-    scale with the budget exactly) and its scratch evaluations (scratch does not depend on the budget)
-    instead of measuring them again. The two runs must agree on every setting but their extent."""
+    scale with the budget, up to rounding to a multiple of 16) and its scratch evaluations (scratch
+    does not depend on the budget) instead of measuring them again. The two runs must agree on
+    every setting but their extent."""
+    if not earlier_path.is_file():
+        raise FileNotFoundError(f"--reuse_from {earlier_path}: no such file (the results.json of an earlier curve).")
     earlier = Results(earlier_path)
     if "settings" not in earlier.data:
         raise ValueError(f"--reuse_from {earlier_path}: not a compute-curve results.json (it has no settings).")

@@ -116,10 +116,10 @@ def _rng_files(checkpoint: Path, world_size: Optional[int]) -> list[str]:
 def checkpoint_problem(checkpoint: Path, world_size: Optional[int] = None) -> Optional[str]:
     """Why ``checkpoint`` cannot be resumed exactly by ``world_size`` processes (any number when
     ``None``): a file missing or unreadable (say, half-written when the run was killed); or None.
-    Each file's structure and length are checked, not its tensors, so finding the newest good
-    checkpoint of a large model reads kilobytes, not gigabytes.
     transformers would resume from it anyway: without ``scheduler.pt`` it silently starts a new
-    optimizer and schedule, without an RNG file it draws different masks."""
+    optimizer and schedule, without an RNG file it draws different masks. Each file's structure
+    and length are checked, not its tensors, so finding the newest good checkpoint of a large
+    model reads kilobytes, not gigabytes."""
     if not checkpoint.is_dir():
         return f"{checkpoint} is not a folder"
     for name in (*RESUME_FILES, *_rng_files(checkpoint, world_size)):

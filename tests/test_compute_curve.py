@@ -99,6 +99,8 @@ def test_compute_curve_smoke_resume_and_report(tmp_path):
     reused = compute_curve.main([*longer, "--report_only"])
     assert reused["runs"] == {key: value for key, value in before.items() if key.startswith(("calibration/", "scratch/"))}
     assert reused["pretraining_steps"] == {"mfm": 32, "mae": 32} and not (tmp_path / "longer" / "calibration").exists()
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        compute_curve.main([*longer[:-2], "--output_dir", str(tmp_path / "other"), "--reuse_from", str(out / "missing.json")])
     with pytest.raises(ValueError, match="only methods, seeds.* may differ"):
         compute_curve.main([*longer[:-2], "--output_dir", str(tmp_path / "other"), "--batch_size", "4", *longer[-2:]])
     with pytest.raises(ValueError, match="a positive multiple of 16"):
