@@ -15,7 +15,7 @@ is kept beside, against ``log K``.
     python -m benchmarks.compute_curve --output_dir outputs/compute_curve                   # 4 x 15.5 min per method
     python -m benchmarks.compute_curve --budget_minutes 15.5 --end_point_seeds 0 ...       # a shorter curve
     python -m benchmarks.compute_curve --output_dir outputs/compute_curve_4x \
-        --reuse_from outputs/compute_curve_15.5min/results.json                             # the shorter one's compute axis
+        --reuse_from docs/results/compute_curve_15.5min.json                                # the 15.5-min run's compute axis
 
 Writes ``results.json`` (as each item finishes; a re-run skips what is done and resumes an
 interrupted pre-training from its last checkpoint), ``curve.md`` and ``compute_curve.png``.
