@@ -26,7 +26,7 @@ from mfm_hub import MFMViTConfig, MFMViTModel, image_processor_for_config
 from mfm_hub.arguments import guard_output_dir, resolve_learning_rate, setup_training_process
 from mfm_hub.configuration_mfm import resolve_config
 from mfm_hub.data import collate_pretraining
-from mfm_hub.trainer import EpochCallback, MFMPretrainingTrainer, check_resumable, resolve_resume_checkpoint
+from mfm_hub.trainer import EpochCallback, MFMPretrainingTrainer, SaveOnSigterm, check_resumable, resolve_resume_checkpoint
 from mfm_hub.visualization import plot_loss_curve
 from training import run_pretraining
 
@@ -105,11 +105,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise ValueError(f"The MAE contender needs a ViT encoder config, got a {type(encoder).__name__} from {model_args.model}.")
     model = ImageInputViTMAE(mae_config(encoder))
     train_images, _, _ = run_pretraining.build_dataset(data_args, encoder.image_size, args.seed)
+    sigterm = SaveOnSigterm()
     trainer = MFMPretrainingTrainer(model=model, args=args, train_dataset=train_images, data_collator=collate_pretraining,
-                                    callbacks=[EpochCallback(train_images)])
+                                    callbacks=[EpochCallback(train_images), sigterm])
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     wall_time = time.time() - started
+    if sigterm.stopped(trainer):
+        return 143
     output = Path(args.output_dir)
     encoder_from_mae(trainer.model, encoder).save_pretrained(output)
     image_processor_for_config(encoder).save_pretrained(output)

@@ -75,13 +75,19 @@ class SignalSafeWorkersMixin:
 
 class SaveOnSigterm(TrainerCallback):
     """On SIGTERM, finish the current step, save a checkpoint and stop (resumable); the script
-    then exits with 143, as a process killed by SIGTERM would."""
+    then exits with 143, as a process killed by SIGTERM would. The handler lives only while the
+    Trainer trains: a process that trains several times (a benchmark) is stopped by a SIGTERM
+    between two trainings as it would be without us, not left to a finished run's handler."""
 
     def __init__(self):
         self.received = False
+        self._previous_handler = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGTERM, self._handle)
+        self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        signal.signal(signal.SIGTERM, self._previous_handler)
 
     def _handle(self, signum, frame):
         self.received = True
@@ -90,6 +96,14 @@ class SaveOnSigterm(TrainerCallback):
         if self.received:
             control.should_save = True
             control.should_training_stop = True
+
+    def stopped(self, trainer: Trainer) -> bool:
+        """Whether the run stopped on SIGTERM; if so, says where its checkpoint is and how to resume."""
+        if self.received:
+            step, output_dir = trainer.state.global_step, trainer.args.output_dir
+            print(f"Stopped by SIGTERM at step {step}; checkpoint saved in {output_dir}. "
+                  f"Resume with --resume_from_checkpoint {output_dir}/checkpoint-{step}")
+        return self.received
 
 
 # --------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
 import os
+import signal
+import time
 
 # Tests never reach a Hub: everything loads from local paths or the loopback test hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -148,3 +150,17 @@ def run_args(folder, config, output, *extra):
 def script_env(**extra):
     """The environment of a script run as a subprocess: unbuffered output, one OpenMP thread."""
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def stop_once_training(process, stop=None, timeout: float = 240) -> tuple[str, str]:
+    """Wait until ``process`` (a training script, stdout piped as text) logs its first loss, then
+    ``stop(process)`` (default: SIGTERM to it) -> (its output until then, its output after)."""
+    deadline = time.time() + timeout
+    log = []
+    for line in process.stdout:
+        log.append(line)
+        if "'loss'" in line or time.time() > deadline:
+            break
+    (stop or (lambda running: running.send_signal(signal.SIGTERM)))(process)
+    rest, _ = process.communicate(timeout=timeout)
+    return "".join(log), rest

@@ -4,10 +4,13 @@ in smoke mode (a tiny image folder), resumes and refuses what it cannot do."""
 import json
 import math
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import run_args, tiny_cifar_layout
+from conftest import ROOT, run_args, script_env, stop_once_training, tiny_cifar_layout
 from transformers import AutoModel
 
 from benchmarks import compute_curve, mae_contender
@@ -37,6 +40,33 @@ def test_the_mae_encoder_becomes_an_mfm_vit_computing_the_same(encoder_fields):
     assert mine.shape == theirs.shape == (3, tokens + 1, encoder.hidden_size)
     assert (mine - theirs).abs().max() <= 1e-5 * theirs.abs().max(), float((mine - theirs).abs().max())
     assert mae.config.mask_ratio == 0.0 and mae_contender.mae_config(encoder).mask_ratio == 0.75 and mae.config.norm_pix_loss
+
+
+@pytest.mark.parametrize("script", [run_pretraining.main, mae_contender.main], ids=["run_pretraining", "mae_contender"])
+def test_after_training_sigterm_is_the_callers_again(script, fashion_folder, tiny_config, tmp_path):
+    """The benchmark trains many times in one process: a SIGTERM between two trainings must reach
+    the process's own handler, not a finished run's callback that nothing reads any more."""
+    received = []
+    caller = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        assert script(run_args(fashion_folder, tiny_config, tmp_path / "run", "--max_steps", "1")) == 0
+        signal.raise_signal(signal.SIGTERM)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, caller)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_mae_contender_with_a_resumable_checkpoint(fashion_folder, tiny_config, tmp_path):
+    """As `run_pretraining.py` does (tests/test_pretraining.py): finish the step, save, exit 143."""
+    output = tmp_path / "run"
+    args = run_args(fashion_folder, tiny_config, output, "--max_steps", "100000", "--save_steps", "100000")
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.mae_contender", *args], cwd=ROOT, env=script_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, rest = stop_once_training(process)
+    assert process.returncode == 143, log + rest
+    checkpoints = list(output.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and "Resume with --resume_from_checkpoint" in rest
 
 
 @pytest.mark.slow

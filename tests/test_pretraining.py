@@ -7,14 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import SCRIPT, run_args, script_env, tiny_resnet_config, tiny_swin_config, tiny_vit_config
+from conftest import SCRIPT, run_args, script_env, stop_once_training, tiny_resnet_config, tiny_swin_config, tiny_vit_config
 from parity import FLOAT32_TRAINING, assert_close
 from PIL import ExifTags, Image
 from safetensors.torch import load_file
@@ -375,15 +374,8 @@ def test_sigterm_saves_a_resumable_checkpoint(fashion_folder, tiny_config, tmp_p
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), *args], env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.time() + 240
-    log = []
-    for line in process.stdout:  # wait until training is under way
-        log.append(line)
-        if "'loss'" in line or time.time() > deadline:
-            break
-    process.send_signal(signal.SIGTERM)
-    rest, _ = process.communicate(timeout=240)
-    assert process.returncode == 143, "".join(log) + rest
+    log, rest = stop_once_training(process)
+    assert process.returncode == 143, log + rest
     checkpoints = list(output.glob("checkpoint-*"))
     assert len(checkpoints) == 1 and "Resume with --resume_from_checkpoint" in rest
     step = int(checkpoints[0].name.split("-")[1])
@@ -402,17 +394,15 @@ def test_sigterm_to_the_process_group_with_workers_alive_saves_a_checkpoint(fash
                     "--dataloader_num_workers", "2")
     process = subprocess.Popen([sys.executable, str(SCRIPT), *args], env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
-    deadline = time.time() + 240
-    log = []
-    for line in process.stdout:  # wait until training is under way, workers running
-        log.append(line)
-        if "'loss'" in line or time.time() > deadline:
-            break
-    workers = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    workers = []
+
+    def stop_the_group(running):
+        workers.extend(subprocess.run(["pgrep", "-g", str(running.pid)], capture_output=True, text=True).stdout.split())
+        os.killpg(running.pid, signal.SIGTERM)
+
+    log, rest = stop_once_training(process, stop_the_group)
     assert len(workers) >= 3, workers  # the main process and its two workers share the group
-    os.killpg(process.pid, signal.SIGTERM)
-    rest, _ = process.communicate(timeout=240)
-    assert process.returncode == 143, "".join(log) + rest
+    assert process.returncode == 143, log + rest
     assert "killed by signal" not in rest, rest
     checkpoints = list(output.glob("checkpoint-*"))
     assert len(checkpoints) == 1 and "Resume with --resume_from_checkpoint" in rest

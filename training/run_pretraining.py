@@ -219,9 +219,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if trainer.unreadable_images:
         logger.warning("Skipped %d distinct unreadable images (replaced %d times in all, this process).",
                        len(trainer.unreadable_images), sum(trainer.unreadable_images.values()))
-    if sigterm.received:
-        print(f"Stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {args.output_dir}. "
-              f"Resume with --resume_from_checkpoint {args.output_dir}/checkpoint-{trainer.state.global_step}")
+    if sigterm.stopped(trainer):
         return 143
     check_ranks_agree(trainer.model)
     if not trainer.is_world_process_zero():
