@@ -152,7 +152,7 @@ def script_env(**extra):
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
-def stop_once_training(process, stop=None, timeout: float = 240) -> tuple[str, str]:
+def stop_once_training(process, stop=lambda running: running.send_signal(signal.SIGTERM), timeout: float = 240) -> tuple[str, str]:
     """Wait until ``process`` (a training script, stdout piped as text) logs its first loss, then
     ``stop(process)`` (default: SIGTERM to it) -> (its output until then, its output after)."""
     deadline = time.time() + timeout
@@ -161,6 +161,6 @@ def stop_once_training(process, stop=None, timeout: float = 240) -> tuple[str, s
         log.append(line)
         if "'loss'" in line or time.time() > deadline:
             break
-    (stop or (lambda running: running.send_signal(signal.SIGTERM)))(process)
+    stop(process)
     rest, _ = process.communicate(timeout=timeout)
     return "".join(log), rest
