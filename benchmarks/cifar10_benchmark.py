@@ -175,7 +175,7 @@ def calibrate(method: str, args, train_dir: Path, results: Results) -> float:
     if results.get(key) is None:
         output = Path(args.output_dir) / "calibration" / method
         argv = pretraining_arguments(method, 0, args.calibration_steps, args, train_dir, output)
-        trainer_of(method)(argv + ["--save_strategy", "no", "--overwrite_output_dir"])
+        run_trainer(method, argv + ["--save_strategy", "no", "--overwrite_output_dir"], f"the {method} calibration")
         wall = json.loads((output / "train_results.json").read_text())["wall_time_s"]
         results.put(
             key, {"images_per_second": args.calibration_steps * args.batch_size / wall, "steps": args.calibration_steps, "wall_s": wall}
@@ -183,9 +183,16 @@ def calibrate(method: str, args, train_dir: Path, results: Results) -> float:
     return results.get(key)["images_per_second"]
 
 
-def trainer_of(method: str):
-    """The script that pre-trains ``method``: `run_pretraining.main`, or a contender's own (MAE)."""
-    return CONTENDERS.get(method, run_pretraining.main)
+def run_trainer(method: str, argv: list[str], what: str) -> None:
+    """Runs the script that pre-trains ``method`` (`run_pretraining.main`, or a contender's own:
+    MAE). When SIGTERM stopped that script (it saved a checkpoint and returned 143), the benchmark
+    exits 143 too, resumable by the same command, rather than failing as if training had broken."""
+    code = CONTENDERS.get(method, run_pretraining.main)(argv)
+    if code == 143:
+        print(f"The benchmark stopped on SIGTERM during {what}; run the same command again to resume it.", flush=True)
+        raise SystemExit(143)
+    if code != 0:
+        raise RuntimeError(f"Pre-training for {what} exited with {code}.")
 
 
 def pretrain(method: str, seed: int, steps: int, args, train_dir: Path, results: Results, num_checkpoints: int = 4,
@@ -208,11 +215,9 @@ def pretrain(method: str, seed: int, steps: int, args, train_dir: Path, results:
     started = time.time()
     try:
         argv = pretraining_arguments(method, seed, steps, args, train_dir, output, num_checkpoints, keep)
-        finished = trainer_of(method)(argv + resume) == 0
+        run_trainer(method, argv + resume, f"{method} seed {seed}")
     finally:
         segments.write_text(json.dumps(earlier + [round(time.time() - started, 1)]))
-    if not finished:
-        raise RuntimeError(f"Pre-training {method} seed {seed} did not finish; re-run to resume it.")
     trained = json.loads((output / "train_results.json").read_text())
     results.put(key, {"steps": steps, "wall_s": round(sum(json.loads(segments.read_text())), 1), "images_seen": steps * args.batch_size,
                       "resumed": bool(checkpoints), "final_loss": [e["loss"] for e in trained["log_history"] if "loss" in e][-1]})

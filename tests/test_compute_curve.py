@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +88,36 @@ def test_the_mae_contender_trains_with_the_scripts_arguments_and_resumes_exactly
     assert all(torch.equal(straight[name], again[name]) for name in straight)
     with pytest.raises(ValueError, match="needs a ViT encoder config"):
         mae_contender.main(run_args(fashion_folder, "resnet18", tmp_path / "resnet", "--max_steps", "1"))
+
+
+def test_a_sigterm_inside_a_driven_pretraining_stops_the_benchmark_resumably(tmp_path, monkeypatch, capsys):
+    """The pre-training script saves and returns 143 on SIGTERM; the benchmark then exits 143 too
+    (a stop to resume by re-running), keeping the wall time of the stopped segment."""
+    def calibrates_then_stops(argv):
+        output = Path(argv[argv.index("--output_dir") + 1])
+        if "calibration" not in output.parts:
+            return 143
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "train_results.json").write_text(json.dumps({"wall_time_s": 1.0}))
+        return 0
+
+    monkeypatch.setattr(run_pretraining, "main", calibrates_then_stops)
+    data = tiny_cifar_layout(tmp_path / "data", {"train": 1, "test": 1})
+    out = tmp_path / "curve"
+    argv = ["--output_dir", str(out), "--data_dir", str(data), "--methods", "mfm", "--seeds", "0", "--end_point_seeds", "0",
+            "--pretrain_steps", "16", "--calibration_steps", "2", "--batch_size", "8"]
+    with pytest.raises(SystemExit) as stop:
+        compute_curve.main(argv)
+    assert stop.value.code == 143 and "SIGTERM during mfm seed 0; run the same command again" in capsys.readouterr().out
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert "calibration/mfm" in runs and "mfm/seed0/pretraining" not in runs
+    assert len(json.loads((out / "mfm-seed0" / "pretraining_segments.json").read_text())) == 1
+
+    monkeypatch.setattr(run_pretraining, "main", lambda argv: 143)
+    with pytest.raises(SystemExit) as stop:
+        compute_curve.main(["--output_dir", str(tmp_path / "other"), *argv[2:]])
+    assert stop.value.code == 143
+    assert "SIGTERM during the mfm calibration" in capsys.readouterr().out
 
 
 @pytest.mark.slow
