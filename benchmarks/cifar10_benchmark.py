@@ -87,6 +87,9 @@ def cifar10_folder(data_dir: str | None) -> Path:
 
 #: Arguments that say where a run is and how to report it, not what it measures.
 RUN_STATE = ("fine_tune_epochs", "output_dir", "train_images", "report_only", "reuse_from")
+#: Which methods and seeds a run covers. Every item is stored under its method and seed, so a
+#: later run in the same folder may cover others (a third seed, one more method), keeping what is done.
+COVERAGE = ("methods", "seeds")
 
 
 def chosen_settings(options: dict, leave_out=RUN_STATE) -> dict:
@@ -115,13 +118,15 @@ class Results:
         temporary.write_text(json.dumps(self.data, indent=1))
         temporary.replace(self.path)
 
-    def check_settings(self, args) -> None:
-        """Keep the first run's settings (the arguments, less where and how to report) and refuse
-        a run with others."""
+    def check_settings(self, args, coverage: tuple[str, ...] = COVERAGE) -> None:
+        """Refuse a run whose settings (the arguments, less where and how to report) differ from
+        the folder's in anything but its ``coverage``; then the folder's settings are this run's."""
         settings = chosen_settings(vars(args))
-        if chosen_settings(self.data.setdefault("settings", settings)) != settings:
-            raise ValueError(f"{self.path.parent} holds a benchmark run with other settings ({self.data['settings']}); "
-                             f"use another --output_dir to run with {settings}.")
+        kept, asked = (chosen_settings(options, (*RUN_STATE, *coverage)) for options in (self.data.get("settings", settings), settings))
+        if kept != asked:
+            raise ValueError(f"{self.path.parent} holds a benchmark run with other settings ({kept}); only "
+                             f"{', '.join(coverage)} may differ in one folder: use another --output_dir to run with {asked}.")
+        self.data["settings"] = settings
 
 
 def pretraining_arguments(method: str, seed: int, steps: int, args, train_dir: Path, output: Path, num_checkpoints: int = 4,

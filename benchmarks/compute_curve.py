@@ -38,6 +38,7 @@ import torch
 
 from benchmarks.cifar10_benchmark import (
     CONTENDERS,
+    COVERAGE,
     ENCODER,
     FOLK_HEAD,
     FROZEN_FEATURE_PROTOCOLS,
@@ -234,8 +235,10 @@ def write_outputs(args, results: Results, steps: dict[str, int]) -> None:
     plt.close(fig)
 
 
+#: Which methods and seeds a curve covers: a later run in the same folder may cover others.
+CURVE_COVERAGE = (*COVERAGE, "end_point_seeds", "scratch_seeds")
 #: What a run chooses about its own extent; every other setting of an earlier run must be equal to reuse its items.
-EXTENT = ("methods", "seeds", "end_point_seeds", "scratch_seeds", "budget_minutes", "pretrain_steps")
+EXTENT = (*CURVE_COVERAGE, "budget_minutes", "pretrain_steps")
 
 
 def reuse_earlier_run(earlier_path: Path, results: Results) -> None:
@@ -296,7 +299,7 @@ def main(argv=None) -> dict:
     out = claim_folder(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / "results.json")
-    results.check_settings(args)
+    results.check_settings(args, CURVE_COVERAGE)
     if args.reuse_from and "reused_from" not in results.data:
         reuse_earlier_run(Path(args.reuse_from), results)
     results.data.setdefault("cpu", cpu_name())  # the machine of the calibration, which sets every step count

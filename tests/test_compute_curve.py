@@ -167,6 +167,14 @@ def test_compute_curve_smoke_resume_and_report(tmp_path):
     with pytest.raises(ValueError, match="a positive multiple of 16"):
         compute_curve.main([*argv, "--pretrain_steps", "20"])
 
+    # a third end-point seed of one method in the same folder: only its items are added
+    third = ["--output_dir", str(out), *argv[2:4], "--methods", "mfm", "--seeds", "0", "--end_point_seeds", "0", "1", "2",
+             *argv[argv.index("--scratch_seeds"):]]
+    grown = compute_curve.main(third)
+    assert all(grown["runs"][key] == value for key, value in before.items())
+    assert {key.split("/")[:2] == ["mfm", "seed2"] for key in grown["runs"].keys() - before.keys()} == {True}
+    assert grown["summary"]["mfm"]["end_point"]["knn"]["seeds"] == 3
+
 
 def test_folk_on_the_batched_path_logs_the_teacher_entropy_the_curve_draws(fashion_folder, tiny_config, tmp_path):
     """FOLK on --batched_augmentation (two jittered views per image, its figure from them); the
