@@ -87,7 +87,13 @@ class SaveOnSigterm(TrainerCallback):
         self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
 
     def on_train_end(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGTERM, self._previous_handler)
+        self.restore_handler()
+
+    def restore_handler(self) -> None:
+        """Give SIGTERM back to the handler it had before training (once; later calls do nothing)."""
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
 
     def _handle(self, signum, frame):
         self.received = True
@@ -218,6 +224,14 @@ class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
         self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
         self._term_count = 0
         self.unreadable_images: dict[str, int] = {}  # message (names the file) -> times replaced
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # a training that raises never reaches on_train_end, where SIGTERM is given back
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, SaveOnSigterm):
+                    callback.restore_handler()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "crops" in inputs:  # --batched_augmentation: the views of the whole batch, made on the training device

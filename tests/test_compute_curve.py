@@ -17,6 +17,7 @@ from transformers import AutoModel
 from benchmarks import compute_curve, mae_contender
 from benchmarks.cifar10_benchmark import ENCODER
 from mfm_hub import MFMViTConfig
+from mfm_hub.trainer import MFMPretrainingTrainer
 from training import run_pretraining
 
 
@@ -43,14 +44,27 @@ def test_the_mae_encoder_becomes_an_mfm_vit_computing_the_same(encoder_fields):
     assert mae.config.mask_ratio == 0.0 and mae_contender.mae_config(encoder).mask_ratio == 0.75 and mae.config.norm_pix_loss
 
 
+def broken_step(*args, **kwargs):
+    raise RuntimeError("a broken step")
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["finished", "raised"])
 @pytest.mark.parametrize("script", [run_pretraining.main, mae_contender.main], ids=["run_pretraining", "mae_contender"])
-def test_after_training_sigterm_is_the_callers_again(script, fashion_folder, tiny_config, tmp_path):
+def test_after_training_sigterm_is_the_callers_again(script, broken, fashion_folder, tiny_config, tmp_path, monkeypatch):
     """The benchmark trains many times in one process: a SIGTERM between two trainings must reach
-    the process's own handler, not a finished run's callback that nothing reads any more."""
+    the process's own handler, not a finished run's callback that nothing reads any more; a
+    training that raises never reaches `on_train_end` and must give SIGTERM back all the same."""
+    if broken:
+        monkeypatch.setattr(MFMPretrainingTrainer, "compute_loss", broken_step)
     received = []
     caller = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        assert script(run_args(fashion_folder, tiny_config, tmp_path / "run", "--max_steps", "1")) == 0
+        argv = run_args(fashion_folder, tiny_config, tmp_path / "run", "--max_steps", "1")
+        if broken:
+            with pytest.raises(RuntimeError, match="a broken step"):
+                script(argv)
+        else:
+            assert script(argv) == 0
         signal.raise_signal(signal.SIGTERM)
         assert received == [signal.SIGTERM]
     finally:
