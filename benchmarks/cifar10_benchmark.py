@@ -309,12 +309,13 @@ def summarise(args, results: Results, methods: list[str]) -> dict:
             values = [results.get(f"{method}/seed{s}/{protocol}") for s in args.seeds]
             values = [v["top1"] for v in values if v is not None]
             if values:
-                summary[method][protocol] = {
-                    "mean": float(np.mean(values)),
-                    "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                    "seeds": len(values),
-                }
+                summary[method][protocol] = spread(values)
     return summary
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, sample sd (0 for one value) and how many seeds they come from."""
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "seeds": len(values)}
 
 
 def cell(entry: dict | None) -> str:

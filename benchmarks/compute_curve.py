@@ -46,12 +46,14 @@ from benchmarks.cifar10_benchmark import (
     Results,
     add_run_arguments,
     calibrate,
+    cell,
     chosen_settings,
     cifar10_folder,
     fine_tune,
     frozen_feature_top1,
     frozen_features,
     pretrain,
+    spread,
 )
 from benchmarks.machine import cpu_name
 from benchmarks.mae_contender import ImageInputViTMAE, encoder_from_mae
@@ -117,10 +119,6 @@ def point_steps(steps: int) -> list[int]:
     return [int(fraction * steps) for fraction in FRACTIONS]
 
 
-def spread(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "seeds": len(values)}
-
-
 def summarise(args, results: Results, steps: dict[str, int]) -> dict:
     """Per method: the curve (mean over curve seeds at each point) and the end point (mean ± sd over end-point seeds)."""
     summary = {}
@@ -145,12 +143,6 @@ def summarise(args, results: Results, steps: dict[str, int]) -> dict:
     return summary
 
 
-def cell(entry: dict | None) -> str:
-    if entry is None:
-        return "-"
-    return f"{100 * entry['mean']:.1f}" + (f" ± {100 * entry['sd']:.1f}" if entry["seeds"] > 1 else "")
-
-
 def minutes_per_step(method: str, results: Results, args) -> float:
     return args.batch_size / results.get(f"calibration/{method}")["images_per_second"] / 60
 
@@ -173,7 +165,7 @@ def write_outputs(args, results: Results, steps: dict[str, int]) -> None:
         epochs = steps[method] * args.batch_size / args.train_images
         lines.append(f"| {method} | {steps[method]} ({epochs:.0f}) | " + " | ".join(cells) + " |")
     end_seeds = sorted(set(args.seeds) | set(args.end_point_seeds))
-    lines += ["", f"End point (mean ± sd over seeds; scratch: seeds {args.scratch_seeds}, others: {end_seeds}):",
+    lines += ["", f"End point (mean ± sd over the seeds run so far of scratch: {args.scratch_seeds}, others: {end_seeds}):",
               "", "| method | " + " | ".join([*CURVE_PROTOCOLS.values(), *END_PROTOCOLS.values()]) + " |",
               "|---" * (1 + len(CURVE_PROTOCOLS) + len(END_PROTOCOLS)) + "|"]
     for method in args.methods:

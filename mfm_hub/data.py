@@ -8,11 +8,13 @@ a crash deep inside the data loader.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import logging
 import math
+import random
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,15 +295,53 @@ def sample_seed(seed: int, epoch: int, index: int, view: int = 0) -> int:
     return (((seed * 1_000_003 + epoch) * 998_244_353 + index) * 4 + view) % (2**63 - 1)
 
 
-def augment(transform, image: Image.Image, seed: int) -> torch.Tensor:
+@contextlib.contextmanager
+def seeded_generators(seed: int, python_and_numpy: bool = True):
+    """Inside the block, torch's CPU generator, and Python's and numpy's unless told not to,
+    start from ``seed``. torchvision's transforms draw from torch's; timm's (RandAugment, random
+    erasing, Mixup / CutMix) from Python's and numpy's. After the block torch's continues where
+    it was, and so do Python's and numpy's in the main process; in a data-loader worker, whose
+    generators only the pipeline draws from, they are left as the block left them."""
+    # Saving and restoring numpy's state costs about 115 us, more than a third of a 32-px
+    # fine-tuning image's transform, hence not in workers and not for torchvision-only pipelines.
     # Seeding only the CPU generator: `torch.manual_seed` also queues a CUDA seeding call,
-    # recording a stack trace each time, which was half the per-image cost of this pipeline.
+    # recording a stack trace each time, which was half the per-image cost of the pre-training pipeline.
+    restore = python_and_numpy and torch.utils.data.get_worker_info() is None
+    python_state, numpy_state = (random.getstate(), np.random.get_state()) if restore else (None, None)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
+        if python_and_numpy:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            if restore:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
+
+def augment(transform, image: Image.Image, seed: int) -> torch.Tensor:
+    """``transform(image)`` drawn with ``seed``: a torchvision transform (torch's generator only)."""
+    with seeded_generators(seed, python_and_numpy=False):
         return transform(image)
 
 
-class _AugmentedViews:
+class EpochSeeded:
+    """What every training view of a dataset shares: the epoch (`EpochCallback` sets it) and
+    the seed of each sample's random draws, `sample_seed` of (seed, epoch, index, view)."""
+
+    seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def seed_of(self, index: int, view: int = 0) -> int:
+        return sample_seed(self.seed, self.epoch, index, view)
+
+
+class _AugmentedViews(EpochSeeded):
     """What both pre-training datasets share: decode an entry and draw ``num_views``
     augmented views of it, seeded by (seed, epoch, position, view).
 
@@ -314,13 +354,9 @@ class _AugmentedViews:
     def __init__(self, dataset, image_column: str, transform, seed: int = 0, num_views: int = 1, strict: bool = False):
         self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
         self.num_views, self.strict = num_views, strict
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _views(self, example: dict, position: int) -> dict:
-        seeds = [sample_seed(self.seed, self.epoch, position, view) for view in range(self.num_views)]
+        seeds = [self.seed_of(position, view) for view in range(self.num_views)]
         sample = transform_entry(example[self.image_column], self.transform, seeds)
         if "bad_image" in sample and self.strict:
             raise ValueError(f"{sample['bad_image']} (stopping because --strict_data is set)")

@@ -59,9 +59,18 @@ def protect_workers(loader):
     return loader
 
 
-class SignalSafeWorkersMixin:
+class SignalSafeTrainingMixin:
     """For a `transformers.Trainer` subclass: every data loader it builds gets workers that
-    ignore termination signals (`protect_workers`)."""
+    ignore termination signals (`protect_workers`), and `SaveOnSigterm` gives SIGTERM back
+    however training ends (one that raises never reaches ``on_train_end``)."""
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, SaveOnSigterm):
+                    callback.restore_handler()
 
     def get_train_dataloader(self):
         return protect_workers(super().get_train_dataloader())
@@ -211,7 +220,7 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
+class MFMPretrainingTrainer(SignalSafeTrainingMixin, Trainer):
     """Trainer with the MFM weight-decay split, data-loader workers that leave SIGTERM to this
     process, a stop on a non-finite loss (before the optimizer step, so no checkpoint ever
     holds the damage), and, for FOLK, the two loss terms and the teacher's target statistics
@@ -224,14 +233,6 @@ class MFMPretrainingTrainer(SignalSafeWorkersMixin, Trainer):
         self._term_sums = {name: 0.0 for name in self.LOSS_TERMS}
         self._term_count = 0
         self.unreadable_images: dict[str, int] = {}  # message (names the file) -> times replaced
-
-    def train(self, *args, **kwargs):
-        try:
-            return super().train(*args, **kwargs)
-        finally:  # a training that raises never reaches on_train_end, where SIGTERM is given back
-            for callback in self.callback_handler.callbacks:
-                if isinstance(callback, SaveOnSigterm):
-                    callback.restore_handler()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "crops" in inputs:  # --batched_augmentation: the views of the whole batch, made on the training device
@@ -323,6 +324,6 @@ def check_ranks_agree(model) -> None:
     print(f"weights identical across {len(checksums)} processes")
 
 
-__all__ = ["RESUME_FILES", "EpochCallback", "MFMPretrainingTrainer", "NonFiniteLossError", "SaveOnSigterm", "SignalSafeWorkersMixin",
+__all__ = ["RESUME_FILES", "EpochCallback", "MFMPretrainingTrainer", "NonFiniteLossError", "SaveOnSigterm", "SignalSafeTrainingMixin",
            "check_ranks_agree", "check_resumable", "checkpoint_problem", "ignore_termination_signals", "newest_complete_checkpoint",
            "protect_workers", "resolve_resume_checkpoint", "trainer_checkpoints"]

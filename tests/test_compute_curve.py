@@ -3,6 +3,7 @@ in smoke mode (a tiny image folder), resumes and refuses what it cannot do."""
 
 import json
 import math
+import re
 import shutil
 import signal
 import subprocess
@@ -163,6 +164,9 @@ def test_compute_curve_smoke_resume_and_report(tmp_path):
     assert (out / "mae-seed0" / "encoder" / "model.safetensors").stat().st_mtime_ns == mtime
     (out / "curve.md").unlink()
     assert compute_curve.main([*argv, "--report_only"])["runs"] == before and (out / "curve.md").exists()
+    compute_curve.main([*argv, "--end_point_seeds", "0", "--report_only"])  # a value from one seed says so, not a bare mean
+    table = (out / "curve.md").read_text()
+    assert re.search(r"\| mfm \| [0-9.]+ \(1 seed\) \|", table) and re.search(r"\| scratch \| [0-9.]+ ± [0-9.]+ \|", table)
     with pytest.raises(ValueError, match="other settings"):
         compute_curve.main([*argv[:-2], "--dataloader_num_workers", "1"])
 

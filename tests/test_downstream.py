@@ -3,13 +3,15 @@ segmentation (UperNet) and robustness, on tiny real data."""
 
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_config
+from conftest import script_env, stop_once_training, tiny_vit_config
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -178,6 +180,44 @@ def test_fine_tuning_and_linear_probe(fashion_folder, encoder, tmp_path):  # noq
 
 
 @needs_fashion
+@pytest.mark.slow
+def test_fine_tuning_resumes_exactly_with_its_augmentation_and_mixup(fashion_folder, encoder, tmp_path):  # noqa: F811
+    """The default recipe (RandAugment, random erasing, Mixup / CutMix, drop path, an evaluation
+    each epoch): 9 steps straight, and 9 steps resumed from step 4, in the middle of the second
+    epoch (24 images, batch 8), end with the same weights and the same results."""
+    common = ["--model", str(encoder), "--train_dir", str(fashion_folder), "--validation_dir", str(fashion_folder),
+              "--per_device_train_batch_size", "8", "--max_steps", "9", "--save_strategy", "steps", "--save_steps", "4",
+              "--learning_rate", "1e-3", "--seed", "5"]
+    straight = run_classification.main([*common, "--output_dir", str(tmp_path / "straight")])
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "straight" / "checkpoint-4", interrupted / "checkpoint-4")
+    resumed = run_classification.main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "True"])
+    ends = [load_file(folder / "model.safetensors") for folder in (tmp_path / "straight", interrupted)]
+    assert ends[0].keys() == ends[1].keys() and all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+    assert not torch.equal(load_file(interrupted / "checkpoint-4" / "model.safetensors")["classifier.weight"], ends[1]["classifier.weight"])
+    assert resumed["validation_curve"] == straight["validation_curve"] and len(straight["validation_curve"]) == 3
+    assert resumed["top1"] == straight["top1"]
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_sigterm_stops_fine_tuning_with_a_checkpoint_it_resumes_from(fashion_folder, encoder, tmp_path):  # noqa: F811
+    output = tmp_path / "ft"
+    common = ["--model", str(encoder), "--train_dir", str(fashion_folder), "--validation_dir", str(fashion_folder),
+              "--per_device_train_batch_size", "8", "--logging_steps", "1", "--output_dir", str(output)]
+    process = subprocess.Popen([sys.executable, str(ROOT / "training" / "run_classification.py"), *common, "--max_steps", "100000"],
+                               env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, rest = stop_once_training(process)
+    assert process.returncode == 143, log + rest
+    (checkpoint,) = output.glob("checkpoint-*")
+    assert f"Resume with --resume_from_checkpoint {checkpoint}" in rest and not (output / "results.json").exists()
+    step = int(checkpoint.name.removeprefix("checkpoint-"))
+    with pytest.raises(FileExistsError, match="--resume_from_checkpoint"):  # a re-run without it is refused, the checkpoint kept
+        run_classification.main([*common, "--max_steps", str(step + 2)])
+    results = run_classification.main([*common, "--max_steps", str(step + 2), "--resume_from_checkpoint", "True"])
+    assert json.loads((output / "results.json").read_text())["top1"] == results["top1"] and checkpoint.is_dir()
+
+
 @needs_fashion
 @pytest.mark.slow
 def test_the_official_licence_carries_through_fine_tuning_and_the_timm_export(fashion_folder, encoder, tmp_path):  # noqa: F811
@@ -383,20 +423,44 @@ def test_classification_refuses_bad_data_before_training(fashion_folder, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_segmentation_refuses_bad_label_maps_before_training(tmp_path):
+def segnet_folder(root: Path, counts: dict[str, int], height: int = 30, width: int = 40) -> Path:
+    """A SegNet-layout folder of random images with random label maps of 3 classes."""
     rng = np.random.default_rng(0)
-    for split, count in (("train", 3), ("val", 2)):
-        (tmp_path / split).mkdir()
-        (tmp_path / f"{split}annot").mkdir()
+    for split, count in counts.items():
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
         for index in range(count):
-            Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / split / f"{index}.png")
-            labels = rng.integers(0, 3, (30, 40), dtype=np.uint8)
-            if split == "val" and index == 1:
-                labels[0, 0] = 7  # outside 0..2 with no ignore index
-            Image.fromarray(labels).save(tmp_path / f"{split}annot" / f"{index}.png")
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(root / split / f"{index}.png")
+            Image.fromarray(rng.integers(0, 3, (height, width), dtype=np.uint8)).save(root / f"{split}annot" / f"{index}.png")
+    return root
+
+
+def test_segmentation_refuses_bad_label_maps_before_training(tmp_path):
+    segnet_folder(tmp_path, {"train": 3, "val": 2})
+    labels = np.asarray(Image.open(tmp_path / "valannot" / "1.png")).copy()
+    labels[0, 0] = 7  # outside 0..2 with no ignore index
+    Image.fromarray(labels).save(tmp_path / "valannot" / "1.png")
     with pytest.raises(
         ValueError, match=r"1 of 2 evaluation images cannot be used, so nothing was trained: #1: .*labels \[7\] outside 0\.\.2"
     ):
         run_segmentation.main(["--model", "vit-tiny-patch4-32", "--data_dir", str(tmp_path), "--num_labels", "3", "--max_steps", "1",
                                "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_segmentation_resumes_exactly(tmp_path):
+    """7 steps straight and 7 steps resumed from step 4, in the middle of the second epoch
+    (6 images, batch 2): the same weights and the same mIoU."""
+    data = segnet_folder(tmp_path / "data", {"train": 6, "val": 2}, height=40, width=48)
+    common = ["--model", "vit-tiny-patch4-32", "--data_dir", str(data), "--num_labels", "3", "--crop_size", "32",
+              "--decoder_channels", "16", "--per_device_train_batch_size", "2", "--max_steps", "7", "--save_strategy", "steps",
+              "--save_steps", "4", "--num_figure_images", "1", "--seed", "5"]
+    straight = run_segmentation.main([*common, "--output_dir", str(tmp_path / "straight")])
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "straight" / "checkpoint-4", interrupted / "checkpoint-4")
+    checkpoint = interrupted / "checkpoint-4"
+    resumed = run_segmentation.main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", str(checkpoint)])
+    ends = [load_file(folder / "model.safetensors") for folder in (tmp_path / "straight", interrupted)]
+    assert ends[0].keys() == ends[1].keys() and all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+    assert resumed["mean_iou"] == straight["mean_iou"]

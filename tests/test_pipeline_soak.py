@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from transformers import default_data_collator
 
 from mfm_hub import data as mfm_data
 from mfm_hub import timm_compat
@@ -23,7 +24,7 @@ from mfm_hub.evaluation import eval_transform
 from mfm_hub.evaluation.classification import ImageBatch
 from mfm_hub.evaluation.few_shot import run_episodes
 from mfm_hub.evaluation.robustness import SEVERITIES, corrupted_image
-from mfm_hub.evaluation.segmentation import EVAL_MULTIPLE, SegmentationBatch
+from mfm_hub.evaluation.segmentation import EVAL_MULTIPLE, SegmentationBatch, SegmentationCrops
 from mfm_hub.modeling_common import corrupt
 from mfm_hub.pretraining import METHODS
 from training import run_classification, run_pretraining
@@ -157,30 +158,45 @@ def test_pretraining_pipeline_soak(method, image_folder):
 # --------------------------------------------------------------------------------------
 
 
+def training_draws(pool: list[dict], linear_probe: bool, data_args, batch_size: int):
+    """The batches `run_classification` trains on: its seeded images, then its collator."""
+    config = resolve_config("vit-tiny-patch4-32")
+    images = run_classification.training_images(pool, config, data_args, linear_probe, image_column="image", seed=0)
+    collate = run_classification.training_batches(data_args, linear_probe, num_classes=3)
+    return (collate([images[i] for i in indices]) for indices in batches(list(range(len(images))), batch_size))
+
+
 @pytest.mark.parametrize("spec", STRONGEST_RAND_AUGMENT)
 def test_fine_tuning_augmentation_soak(spec, image_pool):
-    random.seed(0)
-    torch.manual_seed(0)
-    config = resolve_config("vit-tiny-patch4-32")
     data_args = run_classification.DataArguments(rand_augment=spec, reprob=1.0, mixup=1.0, cutmix=1.0, label_smoothing=0.1)
-    collate = run_classification.training_batches(config, data_args, linear_probe=False, image_column="image", num_classes=3)
-    for batch in batches(examples(image_pool, DRAWS, seed=1), 64):
-        out = collate(batch)
-        assert out["pixel_values"].shape == (len(batch), 3, IMAGE_SIZE, IMAGE_SIZE)
+    for out in training_draws(examples(image_pool, DRAWS, seed=1), False, data_args, 64):
+        assert out["pixel_values"].shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE) and out["labels"].shape[0] == len(out["pixel_values"])
         assert torch.isfinite(out["pixel_values"]).all() and torch.isfinite(out["labels"]).all()
 
 
+def test_a_fine_tuning_draw_depends_on_seed_epoch_and_index_only_and_leaves_the_generators_alone(image_pool):
+    images = run_classification.training_images(examples(image_pool, 8, seed=4), resolve_config("vit-tiny-patch4-32"),
+                                                run_classification.DataArguments(), False, image_column="image", seed=0)
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    first = images[3]["pixel_values"]
+    assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    assert torch.equal(images[3]["pixel_values"], first)  # whatever state the global generators are in
+    images.set_epoch(1)
+    assert not torch.equal(images[3]["pixel_values"], first)
+
+
 def test_linear_probe_and_evaluation_transforms_soak(image_pool):
-    random.seed(0)
-    torch.manual_seed(0)
-    config = resolve_config("vit-tiny-patch4-32")
-    probe = run_classification.training_batches(config, run_classification.DataArguments(), linear_probe=True, image_column="image",
-                                                num_classes=3)
-    evaluate = ImageBatch("image", "label", eval_transform(config))
-    for batch in batches(examples(image_pool, DRAWS, seed=2), 100):
-        for collate in (probe, evaluate):
-            pixels = collate(batch)["pixel_values"]
-            assert pixels.shape == (len(batch), 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(pixels).all()
+    pool = examples(image_pool, DRAWS, seed=2)
+    for out in training_draws(pool, True, run_classification.DataArguments(), 100):
+        assert out["pixel_values"].shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(out["pixel_values"]).all()
+    evaluate = ImageBatch("image", "label", eval_transform(resolve_config("vit-tiny-patch4-32")))
+    for batch in batches(pool, 100):
+        pixels = evaluate(batch)["pixel_values"]
+        assert pixels.shape == (len(batch), 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(pixels).all()
 
 
 def test_few_shot_episodes_soak():
@@ -210,20 +226,20 @@ def segmentation_examples(count: int, seed: int, num_labels: int, ignore_index: 
 
 
 def test_segmentation_joint_transforms_soak():
-    torch.manual_seed(0)
     config = resolve_config("vit-tiny-patch4-32")
     num_labels, ignore_index = 11, 11
-    train = SegmentationBatch(config, num_labels, ignore_index, crop_size=48)
-    evaluate = SegmentationBatch(config, num_labels, ignore_index, crop_size=None)
     pool = segmentation_examples(300, seed=3, num_labels=num_labels, ignore_index=ignore_index)
-    for repeat in range(DRAWS // len(pool)):
-        for batch in batches(pool, 16):
-            out = train(batch)
-            assert out["pixel_values"].shape == (len(batch), 3, 48, 48) and out["labels"].shape == (len(batch), 48, 48)
+    crops = SegmentationCrops(pool, config, num_labels, ignore_index, crop_size=48, seed=0)
+    evaluate = SegmentationBatch(config, num_labels, ignore_index)
+    for epoch in range(DRAWS // len(pool)):
+        crops.set_epoch(epoch)
+        for indices in batches(list(range(len(pool))), 16):
+            out = default_data_collator([crops[index] for index in indices])
+            assert out["pixel_values"].shape == (len(indices), 3, 48, 48) and out["labels"].shape == (len(indices), 48, 48)
             assert torch.isfinite(out["pixel_values"]).all()
             assert ((out["labels"] >= 0) & (out["labels"] <= ignore_index)).all()
-            if repeat == 0:
-                padded = evaluate(batch)
+            if epoch == 0:
+                padded = evaluate([pool[index] for index in indices])
                 assert padded["pixel_values"].shape[-1] % EVAL_MULTIPLE == 0
 
 

@@ -17,7 +17,10 @@ layer-wise lr decay (`param_groups_layer_decay`), RandAugment and random erasing
 
 Writes ``results.json`` (top-1 / top-5 on the evaluation split, via an `evaluate` metric),
 ``confusion_matrix.png``, the fine-tuned model, and adds the results to the model card's
-``model-index``.
+``model-index``. SIGTERM (a pre-empted job) saves a checkpoint and exits 143;
+``--resume_from_checkpoint`` (a checkpoint, or ``True`` for the newest complete one) continues
+such a run, or one saved with ``--save_strategy``, exactly: augmentations are seeded per image
+and epoch.
 """
 
 import logging
@@ -40,8 +43,15 @@ from mfm_hub.arguments import (
 )
 from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_config
 from mfm_hub.data import dataset_reference, folder_splits, sample_examples
-from mfm_hub.evaluation.classification import ClassificationTrainer, ImageBatch, top1_during_training
+from mfm_hub.evaluation.classification import (
+    AugmentedLabelledImages,
+    ClassificationTrainer,
+    ImageBatch,
+    MixedBatch,
+    top1_during_training,
+)
 from mfm_hub.model_card import write_model_card
+from mfm_hub.trainer import EpochCallback, SaveOnSigterm, check_resumable, resolve_resume_checkpoint
 from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import logged_series, plot_confusion_matrix, plot_validation_curve
 
@@ -156,20 +166,24 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
     return model
 
 
-def training_batches(config, data_args: DataArguments, linear_probe: bool, image_column: str, num_classes: int) -> ImageBatch:
-    """The training collator: timm's augmentation (crops and flips only for a linear probe,
-    MAE-style; else RandAugment + random erasing) and, when fine-tuning, Mixup / CutMix."""
+def training_images(dataset, config, data_args: DataArguments, linear_probe: bool, image_column: str, seed: int) -> AugmentedLabelledImages:
+    """The training images under timm's augmentation: crops and flips only for a linear probe
+    (MAE-style), else RandAugment + random erasing."""
     norm = evaluation.timm_image_options(config)
     if linear_probe:
         transform = create_transform(config.image_size, is_training=True, no_aug=False, scale=(0.08, 1.0), hflip=0.5,
                                      color_jitter=None, auto_augment=None, re_prob=0.0, **norm)
-        return ImageBatch(image_column, data_args.label_column, transform)
-    transform = create_transform(config.image_size, is_training=True, auto_augment=data_args.rand_augment or None,
-                                 re_prob=data_args.reprob, color_jitter=None, **norm)
-    use_mix = data_args.mixup > 0 or data_args.cutmix > 0
-    mixup = Mixup(mixup_alpha=data_args.mixup, cutmix_alpha=data_args.cutmix, label_smoothing=data_args.label_smoothing,
-                  num_classes=num_classes) if use_mix else None
-    return ImageBatch(image_column, data_args.label_column, transform, mixup)
+    else:
+        transform = create_transform(config.image_size, is_training=True, auto_augment=data_args.rand_augment or None,
+                                     re_prob=data_args.reprob, color_jitter=None, **norm)
+    return AugmentedLabelledImages(dataset, image_column, data_args.label_column, transform, seed)
+
+
+def training_batches(data_args: DataArguments, linear_probe: bool, num_classes: int) -> MixedBatch:
+    """The training collator: Mixup / CutMix when fine-tuning with them, plain batches otherwise."""
+    use_mix = not linear_probe and (data_args.mixup > 0 or data_args.cutmix > 0)
+    return MixedBatch(Mixup(mixup_alpha=data_args.mixup, cutmix_alpha=data_args.cutmix, label_smoothing=data_args.label_smoothing,
+                            num_classes=num_classes) if use_mix else None)
 
 
 def subset_for_training(dataset, data_args: DataArguments, label_column: str, seed: int):
@@ -186,7 +200,10 @@ def subset_for_training(dataset, data_args: DataArguments, label_column: str, se
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, ClassificationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
-    guard_output_dir(args.output_dir, args.overwrite_output_dir)
+    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, args.world_size)
+    guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
+    if args.resume_from_checkpoint:
+        check_resumable(args.resume_from_checkpoint, args.world_size)
     check_model_source(model_args.model)
     setup_training_process(args)
     set_seed(args.seed)
@@ -212,14 +229,18 @@ def main(argv: Optional[list[str]] = None) -> dict:
     resolve_learning_rate(args)
     eval_transform = evaluation.eval_transform(config, data_args.crop_pct)
 
+    train_images = training_images(train, config, data_args, model_args.linear_probe, image_column, args.seed)
+    sigterm = SaveOnSigterm()
     trainer = ClassificationTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=test,
-        data_collator=training_batches(config, data_args, model_args.linear_probe, image_column, len(class_names)),
+        model=model, args=args, train_dataset=train_images, eval_dataset=test,
+        data_collator=training_batches(data_args, model_args.linear_probe, len(class_names)),
         eval_collator=ImageBatch(image_column, data_args.label_column, eval_transform),
         label_smoothing=data_args.label_smoothing, layer_decay=None if model_args.linear_probe else model_args.layer_decay,
-        compute_metrics=top1_during_training,
+        compute_metrics=top1_during_training, callbacks=[EpochCallback(train_images), sigterm],
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if sigterm.stopped(trainer):
+        raise SystemExit(143)
     output = Path(args.output_dir)
     trainer.save_model(output)  # before evaluating: nothing that fails later can lose it
     eval_transform.processor.save_pretrained(output)  # with this run's --crop_pct

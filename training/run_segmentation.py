@@ -13,7 +13,9 @@ whole images padded to a multiple of 32.
 
 Writes ``results.json`` (mIoU, mean accuracy, overall accuracy and per-class IoU on the
 evaluation split, via an `evaluate` metric), ``segmentation_overlays.png`` (image, ground
-truth, prediction), the trained model, and a `model-index` entry in its model card.
+truth, prediction), the trained model, and a `model-index` entry in its model card. SIGTERM
+saves a checkpoint and exits 143; ``--resume_from_checkpoint`` (a checkpoint, or ``True`` for
+the newest complete one) continues such a run exactly (crops are seeded per image and epoch).
 """
 
 import logging
@@ -24,16 +26,32 @@ from typing import Optional
 
 import datasets
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, UperNetConfig, UperNetForSemanticSegmentation, set_seed
+from transformers import (
+    HfArgumentParser,
+    TrainingArguments,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
+    default_data_collator,
+    set_seed,
+)
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import check_training_arguments, guard_output_dir, setup_training_process
 from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_config
 from mfm_hub.data import dataset_reference, sample_examples
-from mfm_hub.evaluation.segmentation import EVAL_MULTIPLE, SegmentationBatch, class_names, load_segnet_folder, read_pair
+from mfm_hub.evaluation.segmentation import (
+    EVAL_MULTIPLE,
+    SegmentationBatch,
+    SegmentationCrops,
+    SegmentationTrainer,
+    class_names,
+    load_segnet_folder,
+    read_pair,
+)
 from mfm_hub.image_processing import segmentation_image_processor
 from mfm_hub.model_card import write_model_card
+from mfm_hub.trainer import EpochCallback, SaveOnSigterm, check_resumable, resolve_resume_checkpoint
 from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import plot_overlays
 
@@ -124,7 +142,10 @@ def build_model(model_args: ModelArguments):
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, SegmentationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
-    guard_output_dir(args.output_dir, args.overwrite_output_dir)
+    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, args.world_size)
+    guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
+    if args.resume_from_checkpoint:
+        check_resumable(args.resume_from_checkpoint, args.world_size)
     check_model_source(model_args.model)
     setup_training_process(args)
     set_seed(args.seed)
@@ -137,16 +158,20 @@ def main(argv: Optional[list[str]] = None) -> dict:
         evaluation.validate_examples(split, lambda example: read_pair(example, model_args.num_labels, model_args.ignore_index), what)
     model = build_model(model_args)
     backbone_config = model.config.backbone_config
-    trainer = Trainer(model=model, args=args, train_dataset=train,
-                      data_collator=SegmentationBatch(backbone_config, model_args.num_labels, model_args.ignore_index, data_args.crop_size))
-    trainer.train()
+    crops = SegmentationCrops(train, backbone_config, model_args.num_labels, model_args.ignore_index, data_args.crop_size, args.seed)
+    sigterm = SaveOnSigterm()
+    trainer = SegmentationTrainer(model=model, args=args, train_dataset=crops, data_collator=default_data_collator,
+                                  callbacks=[EpochCallback(crops), sigterm])
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if sigterm.stopped(trainer):
+        raise SystemExit(143)
     output = Path(args.output_dir)
     trainer.save_model(output)  # before evaluating: nothing that fails later can lose it
     height, width = read_pair(test[0], model_args.num_labels, model_args.ignore_index)[1].shape
     segmentation_image_processor(backbone_config, -(-height // EVAL_MULTIPLE) * EVAL_MULTIPLE,
                                  -(-width // EVAL_MULTIPLE) * EVAL_MULTIPLE).save_pretrained(output)
 
-    evaluate_batch = SegmentationBatch(backbone_config, model_args.num_labels, model_args.ignore_index, crop_size=None)
+    evaluate_batch = SegmentationBatch(backbone_config, model_args.num_labels, model_args.ignore_index)
     metric = evaluation.MeanIoU()
     figure = []
     model.eval()

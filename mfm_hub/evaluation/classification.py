@@ -1,6 +1,7 @@
 """Fine-tuning and linear probing with the Trainer: the Trainer (soft targets for Mixup / CutMix,
-timm's layer-decay parameter groups, evaluation batches without augmentation), the batch
-collator and the top-1 the Trainer logs during training."""
+timm's layer-decay parameter groups, evaluation batches without augmentation), the seeded
+training images and batches (a resumed run draws the augmentations the uninterrupted one
+would have), the evaluation batches and the top-1 the Trainer logs during training."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from transformers import Trainer
 
-from ..data import decode_image
+from ..data import EpochSeeded, decode_image, seeded_generators
+from ..trainer import SignalSafeTrainingMixin
 
 
-class ClassificationTrainer(Trainer):
+class ClassificationTrainer(SignalSafeTrainingMixin, Trainer):
     """Soft-target loss for Mixup/CutMix batches, label smoothing otherwise, timm's
-    layer-decay parameter groups (lr scaled per group before the scheduler sees it), and
-    evaluation / prediction batches built by ``eval_collator`` (no augmentation, no Mixup)."""
+    layer-decay parameter groups (lr scaled per group before the scheduler sees it),
+    evaluation / prediction batches built by ``eval_collator`` (no augmentation, no Mixup),
+    and data-loader workers that leave SIGTERM to this process."""
 
     def __init__(self, *args, eval_collator, label_smoothing: float = 0.0, layer_decay: Optional[float] = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -64,18 +67,56 @@ class ClassificationTrainer(Trainer):
 
 
 
-class ImageBatch:
-    """Decode (RGB) + transform a list of examples into ``pixel_values`` and ``labels``, with
-    timm's Mixup/CutMix on training batches when enabled."""
+class AugmentedLabelledImages(EpochSeeded, torch.utils.data.Dataset):
+    """Training view of a labelled dataset: ``{"pixel_values": (C, H, W), "labels": int,
+    "mix_seed": int}`` per example, its augmentation seeded by (seed, epoch, index) as the
+    pre-training images are, never by the global generators, and ``mix_seed`` for the batch's
+    Mixup / CutMix. transformers restores the generators of a resumed run only after it has
+    drawn the first batch, so a pipeline that drew from them would continue differently.
+    `EpochCallback` sets the epoch. Every image was validated before training; one that can no
+    longer be read stops the run, naming it."""
 
-    def __init__(self, image_column: str, label_column: str, transform, mixup: Optional[Mixup] = None):
-        self.image_column, self.label_column, self.transform, self.mixup = image_column, label_column, transform, mixup
+    def __init__(self, dataset, image_column: str, label_column: str, transform, seed: int):
+        self.dataset, self.image_column, self.label_column, self.transform, self.seed = dataset, image_column, label_column, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        index, example = int(index), self.dataset[int(index)]
+        image = decode_image(example[self.image_column])
+        with seeded_generators(self.seed_of(index)):
+            pixels = self.transform(image)
+        return {"pixel_values": pixels, "labels": int(example[self.label_column]), "mix_seed": self.seed_of(index, view=1)}
+
+
+class MixedBatch:
+    """Stack `AugmentedLabelledImages` examples into ``pixel_values`` (B, C, H, W) and ``labels``
+    (B,), or (B, num_classes) soft targets after timm's Mixup / CutMix (when given; seeded by the
+    batch's first example; an odd-sized batch, which Mixup cannot pair, stays unmixed)."""
+
+    def __init__(self, mixup: Optional[Mixup] = None):
+        self.mixup = mixup
+
+    def __call__(self, examples):
+        pixels = torch.stack([e["pixel_values"] for e in examples])
+        labels = torch.tensor([e["labels"] for e in examples])
+        if self.mixup is not None and len(examples) % 2 == 0:
+            with seeded_generators(examples[0]["mix_seed"]):
+                pixels, labels = self.mixup(pixels, labels)
+        return {"pixel_values": pixels, "labels": labels}
+
+
+class ImageBatch:
+    """Decode (RGB) + transform a list of examples into ``pixel_values`` and ``labels``: the
+    evaluation batches (a deterministic transform)."""
+
+    def __init__(self, image_column: str, label_column: str, transform):
+        self.image_column, self.label_column, self.transform = image_column, label_column, transform
 
     def __call__(self, examples):
         pixels = torch.stack([self.transform(decode_image(e[self.image_column])) for e in examples])
         labels = torch.tensor([int(e[self.label_column]) for e in examples])
-        if self.mixup is not None and len(examples) % 2 == 0:
-            pixels, labels = self.mixup(pixels, labels)
         return {"pixel_values": pixels, "labels": labels}
 
 

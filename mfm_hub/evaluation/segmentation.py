@@ -1,6 +1,6 @@
 """Semantic segmentation data: SegNet-layout folders (CamVid), label maps read and checked
-against their images, and the batch collator (random crop + flip for training, padding to a
-multiple of `EVAL_MULTIPLE` for evaluation)."""
+against their images, the training crops (random crop + flip, seeded per image and epoch) and
+the evaluation batches (padded to a multiple of `EVAL_MULTIPLE`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from transformers import Trainer
 
-from ..data import IMAGE_EXTENSIONS, decode_image, upright
+from ..data import IMAGE_EXTENSIONS, EpochSeeded, decode_image, upright
 from ..modeling_common import normalize
+from ..trainer import SignalSafeTrainingMixin
 
 #: Class names of known label sets, in label order: CamVid's 11 classes as the SegNet layout numbers them (11 is unlabelled).
 LABEL_SETS = {
@@ -87,42 +89,63 @@ def read_pair(example: dict, num_labels: int, ignore_index: Optional[int]) -> tu
 
 
 
-class SegmentationBatch:
-    """Decode, check, (train) random-crop + flip or (eval) pad to a multiple of 32; normalise."""
+def normalised_pair(example: dict, config, num_labels: int, ignore_index: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`read_pair`, as the model takes it: pixels ``(3, H, W)`` normalised for ``config``, labels ``(H, W)``."""
+    image, mask = read_pair(example, num_labels, ignore_index)
+    return normalize(torch.from_numpy(image).permute(2, 0, 1).float() / 255, config), torch.from_numpy(mask)
 
-    def __init__(self, config, num_labels: int, ignore_index: Optional[int], crop_size: Optional[int]):
-        self.config = config
-        self.num_labels, self.ignore_index, self.crop_size = num_labels, ignore_index, crop_size
-        self.fill = ignore_index if ignore_index is not None else 255
 
-    def __call__(self, examples):
-        pixels, labels = [], []
-        for example in examples:
-            image, mask = read_pair(example, self.num_labels, self.ignore_index)
-            image = normalize(torch.from_numpy(image).permute(2, 0, 1).float() / 255, self.config)
-            mask = torch.from_numpy(mask)
-            if self.crop_size:
-                image, mask = self._random_crop_flip(image, mask)
-            pixels.append(image)
-            labels.append(mask)
-        if not self.crop_size:
-            height = max(p.shape[1] for p in pixels)
-            width = max(p.shape[2] for p in pixels)
-            height, width = -(-height // EVAL_MULTIPLE) * EVAL_MULTIPLE, -(-width // EVAL_MULTIPLE) * EVAL_MULTIPLE
-            pixels = [F.pad(p, (0, width - p.shape[2], 0, height - p.shape[1])) for p in pixels]
-            labels = [F.pad(m, (0, width - m.shape[1], 0, height - m.shape[0]), value=self.fill) for m in labels]
-        return {"pixel_values": torch.stack(pixels), "labels": torch.stack(labels)}
+def unlabelled(ignore_index: Optional[int]) -> int:
+    """The label of padding: the ignored one (255, transformers' default loss ignore index, without one)."""
+    return ignore_index if ignore_index is not None else 255
 
-    def _random_crop_flip(self, image, mask):
+
+class SegmentationCrops(EpochSeeded, torch.utils.data.Dataset):
+    """Training view of a segmentation dataset: ``{"pixel_values": (3, S, S), "labels": (S, S)}``
+    per example, a random ``S = crop_size`` crop (an image smaller than it is padded, with
+    unlabelled pixels) flipped half of the time, drawn with the seed of (seed, epoch, index)
+    so a resumed run crops what the uninterrupted one would have. `EpochCallback` sets the epoch."""
+
+    def __init__(self, dataset, config, num_labels: int, ignore_index: Optional[int], crop_size: int, seed: int):
+        self.dataset, self.config, self.num_labels, self.ignore_index = dataset, config, num_labels, ignore_index
+        self.crop_size, self.seed = crop_size, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = normalised_pair(self.dataset[int(index)], self.config, self.num_labels, self.ignore_index)
         size = self.crop_size
         pad_h, pad_w = max(0, size - image.shape[1]), max(0, size - image.shape[2])
-        if pad_h or pad_w:
-            image = F.pad(image, (0, pad_w, 0, pad_h))
-            mask = F.pad(mask, (0, pad_w, 0, pad_h), value=self.fill)
-        top = int(torch.randint(0, image.shape[1] - size + 1, ()))
-        left = int(torch.randint(0, image.shape[2] - size + 1, ()))
+        image = F.pad(image, (0, pad_w, 0, pad_h))
+        mask = F.pad(mask, (0, pad_w, 0, pad_h), value=unlabelled(self.ignore_index))
+        generator = torch.Generator().manual_seed(self.seed_of(int(index)))
+        top = int(torch.randint(0, image.shape[1] - size + 1, (), generator=generator))
+        left = int(torch.randint(0, image.shape[2] - size + 1, (), generator=generator))
         image, mask = image[:, top:top + size, left:left + size], mask[top:top + size, left:left + size]
-        if torch.rand(()) < 0.5:
+        if torch.rand((), generator=generator) < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
-        return image, mask
+        return {"pixel_values": image, "labels": mask}
 
+
+class SegmentationTrainer(SignalSafeTrainingMixin, Trainer):
+    """The Trainer with data-loader workers that leave SIGTERM to this process."""
+
+
+class SegmentationBatch:
+    """Evaluation batches: decode, check and normalise each example, pad them (unlabelled
+    pixels) to a common size that is a multiple of `EVAL_MULTIPLE`: ``pixel_values`` (B, 3, H, W),
+    ``labels`` (B, H, W)."""
+
+    def __init__(self, config, num_labels: int, ignore_index: Optional[int]):
+        self.config, self.num_labels, self.ignore_index = config, num_labels, ignore_index
+
+    def __call__(self, examples):
+        pairs = [normalised_pair(example, self.config, self.num_labels, self.ignore_index) for example in examples]
+        height = -(-max(image.shape[1] for image, _ in pairs) // EVAL_MULTIPLE) * EVAL_MULTIPLE
+        width = -(-max(image.shape[2] for image, _ in pairs) // EVAL_MULTIPLE) * EVAL_MULTIPLE
+        fill = unlabelled(self.ignore_index)
+        return {
+            "pixel_values": torch.stack([F.pad(image, (0, width - image.shape[2], 0, height - image.shape[1])) for image, _ in pairs]),
+            "labels": torch.stack([F.pad(mask, (0, width - mask.shape[1], 0, height - mask.shape[0]), value=fill) for _, mask in pairs]),
+        }
