@@ -23,10 +23,10 @@ import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, set_seed
 
 from mfm_hub import MFMViTConfig, MFMViTModel, image_processor_for_config
-from mfm_hub.arguments import guard_output_dir, resolve_learning_rate, setup_training_process
+from mfm_hub.arguments import claim_training_output, resolve_learning_rate, setup_training_process
 from mfm_hub.configuration_mfm import resolve_config
 from mfm_hub.data import collate_pretraining
-from mfm_hub.trainer import EpochCallback, MFMPretrainingTrainer, SaveOnSigterm, check_resumable, resolve_resume_checkpoint
+from mfm_hub.trainer import EpochCallback, MFMPretrainingTrainer, SaveOnSigterm
 from mfm_hub.visualization import plot_loss_curve
 from training import run_pretraining
 
@@ -93,10 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     task, objective and config overrides do not apply), writing the converted encoder, its
     image processor, ``loss_curve.png`` and ``train_results.json`` into the output folder."""
     model_args, data_args, args = run_pretraining.parse_arguments(sys.argv[1:] if argv is None else argv)
-    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, args.world_size)
-    guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
-    if args.resume_from_checkpoint:
-        check_resumable(args.resume_from_checkpoint, args.world_size)
+    claim_training_output(args)
     setup_training_process(args)
     resolve_learning_rate(args)
     set_seed(args.seed)

@@ -25,7 +25,7 @@ from transformers import HfArgumentParser
 
 from .allocator import keep_freed_memory
 from .folder_lock import claim_folder, holds_folder, release_folder
-from .trainer import newest_complete_checkpoint
+from .trainer import check_resumable, newest_complete_checkpoint, resolve_resume_checkpoint
 from .validation import require, require_at_least
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -184,6 +184,16 @@ def guard_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = F
         f"The output folder {path} already holds {shown}; nothing was changed. Choose another output folder, "
         f"pass {flag} to write over it{resume}."
     )
+
+
+def claim_training_output(args) -> None:
+    """`guard_output_dir` for a Trainer run that may resume: ``args.resume_from_checkpoint``
+    resolved first (``True``: the newest complete checkpoint in the output folder), so that a
+    resume into a folder with files is allowed, then checked to continue exactly."""
+    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, args.world_size)
+    guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
+    if args.resume_from_checkpoint:
+        check_resumable(args.resume_from_checkpoint, args.world_size)
 
 
 def check_training_arguments(args) -> None:

@@ -36,7 +36,7 @@ import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
 from mfm_hub.arguments import (
     check_training_arguments,
-    guard_output_dir,
+    claim_training_output,
     parse_config_overrides,
     resolve_learning_rate,
     setup_training_process,
@@ -51,7 +51,7 @@ from mfm_hub.evaluation.classification import (
     top1_during_training,
 )
 from mfm_hub.model_card import write_model_card
-from mfm_hub.trainer import EpochCallback, SaveOnSigterm, check_resumable, resolve_resume_checkpoint
+from mfm_hub.trainer import EpochCallback, SaveOnSigterm
 from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import logged_series, plot_confusion_matrix, plot_validation_curve
 
@@ -200,10 +200,7 @@ def subset_for_training(dataset, data_args: DataArguments, label_column: str, se
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, ClassificationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
-    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, args.world_size)
-    guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
-    if args.resume_from_checkpoint:
-        check_resumable(args.resume_from_checkpoint, args.world_size)
+    claim_training_output(args)
     check_model_source(model_args.model)
     setup_training_process(args)
     set_seed(args.seed)

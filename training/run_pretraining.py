@@ -35,8 +35,8 @@ from mfm_hub import data as mfm_data
 from mfm_hub.arguments import (
     CONFIG_SUFFIXES,
     check_training_arguments,
+    claim_training_output,
     config_file_values,
-    guard_output_dir,
     parse_config_overrides,
     resolve_learning_rate,
     setup_training_process,
@@ -52,8 +52,6 @@ from mfm_hub.trainer import (
     MFMPretrainingTrainer,
     SaveOnSigterm,
     check_ranks_agree,
-    check_resumable,
-    resolve_resume_checkpoint,
 )
 from mfm_hub.validation import require, require_at_least
 
@@ -193,10 +191,7 @@ def parse_arguments(argv: list[str]):
 
 def main(argv: Optional[list[str]] = None) -> int:
     model_args, data_args, args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, args.world_size)
-    guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
-    if args.resume_from_checkpoint:
-        check_resumable(args.resume_from_checkpoint, args.world_size)
+    claim_training_output(args)
     setup_training_process(args)
     push_to = args.hub_model_id if args.push_to_hub else None
     if args.push_to_hub and not push_to:

@@ -37,7 +37,7 @@ from transformers import (
 
 import mfm_hub  # noqa: F401  (registers the MFM classes with the Auto classes)
 from mfm_hub import evaluation
-from mfm_hub.arguments import check_training_arguments, guard_output_dir, setup_training_process
+from mfm_hub.arguments import check_training_arguments, claim_training_output, setup_training_process
 from mfm_hub.configuration_mfm import PRESETS, check_model_source, resolve_config
 from mfm_hub.data import dataset_reference, sample_examples
 from mfm_hub.evaluation.segmentation import (
@@ -51,7 +51,7 @@ from mfm_hub.evaluation.segmentation import (
 )
 from mfm_hub.image_processing import segmentation_image_processor
 from mfm_hub.model_card import write_model_card
-from mfm_hub.trainer import EpochCallback, SaveOnSigterm, check_resumable, resolve_resume_checkpoint
+from mfm_hub.trainer import EpochCallback, SaveOnSigterm
 from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import plot_overlays
 
@@ -142,10 +142,7 @@ def build_model(model_args: ModelArguments):
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, SegmentationArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
-    args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, args.world_size)
-    guard_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
-    if args.resume_from_checkpoint:
-        check_resumable(args.resume_from_checkpoint, args.world_size)
+    claim_training_output(args)
     check_model_source(model_args.model)
     setup_training_process(args)
     set_seed(args.seed)

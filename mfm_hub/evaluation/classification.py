@@ -83,7 +83,8 @@ class AugmentedLabelledImages(EpochSeeded, torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        index, example = int(index), self.dataset[int(index)]
+        index = int(index)
+        example = self.dataset[index]
         image = decode_image(example[self.image_column])
         with seeded_generators(self.seed_of(index)):
             pixels = self.transform(image)

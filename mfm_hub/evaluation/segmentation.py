@@ -114,12 +114,13 @@ class SegmentationCrops(EpochSeeded, torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        image, mask = normalised_pair(self.dataset[int(index)], self.config, self.num_labels, self.ignore_index)
+        index = int(index)
+        image, mask = normalised_pair(self.dataset[index], self.config, self.num_labels, self.ignore_index)
         size = self.crop_size
         pad_h, pad_w = max(0, size - image.shape[1]), max(0, size - image.shape[2])
         image = F.pad(image, (0, pad_w, 0, pad_h))
         mask = F.pad(mask, (0, pad_w, 0, pad_h), value=unlabelled(self.ignore_index))
-        generator = torch.Generator().manual_seed(self.seed_of(int(index)))
+        generator = torch.Generator().manual_seed(self.seed_of(index))
         top = int(torch.randint(0, image.shape[1] - size + 1, (), generator=generator))
         left = int(torch.randint(0, image.shape[2] - size + 1, (), generator=generator))
         image, mask = image[:, top:top + size, left:left + size], mask[top:top + size, left:left + size]
