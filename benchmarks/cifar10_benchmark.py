@@ -41,6 +41,7 @@ from mfm_hub.data import DatasetReference
 from mfm_hub.evaluation.few_shot import extract_features, run_episodes
 from mfm_hub.folder_lock import claim_folder
 from mfm_hub.pretraining import METHODS, method_flags
+from mfm_hub.trainer import newest_complete_checkpoint
 from mfm_hub.validation import require, require_at_least
 from mfm_hub.visualization import plt
 from training import run_classification, run_pretraining
@@ -194,10 +195,22 @@ def run_trainer(method: str, argv: list[str], what: str) -> None:
     exits 143 too, resumable by the same command, rather than failing as if training had broken."""
     code = CONTENDERS.get(method, run_pretraining.main)(argv)
     if code == 143:
-        print(f"The benchmark stopped on SIGTERM during {what}; run the same command again to resume it.", flush=True)
-        raise SystemExit(143)
+        stop_resumably(what)
     if code != 0:
         raise RuntimeError(f"Pre-training for {what} exited with {code}.")
+
+
+def stop_resumably(what: str) -> None:
+    print(f"The benchmark stopped on SIGTERM during {what}; run the same command again to resume it.", flush=True)
+    raise SystemExit(143)
+
+
+def resume_or_start(output: Path) -> list[str]:
+    """The flags that continue an interrupted training in ``output`` from its newest complete
+    checkpoint (SIGTERM's or a periodic one; one cut short by a kill is passed over), or else
+    start it afresh."""
+    checkpoint = newest_complete_checkpoint(output) if output.is_dir() else None
+    return ["--resume_from_checkpoint", str(checkpoint)] if checkpoint else ["--overwrite_output_dir"]
 
 
 def pretrain(method: str, seed: int, steps: int, args, train_dir: Path, results: Results, num_checkpoints: int = 4,
@@ -211,12 +224,12 @@ def pretrain(method: str, seed: int, steps: int, args, train_dir: Path, results:
         MFMViTModel(MFMViTConfig(**ENCODER)).save_pretrained(output)
         results.put(key, {"steps": 0, "wall_s": 0.0, "images_seen": 0})
         return output
-    checkpoints = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if output.is_dir() else []
-    resume = ["--resume_from_checkpoint", str(checkpoints[-1])] if checkpoints else ["--overwrite_output_dir"]
+    resume = resume_or_start(output)
+    resuming = resume[0] == "--resume_from_checkpoint"
     # wall time of every segment of an interrupted-and-resumed run, so the total survives resumes
     segments = output.parent / "pretraining_segments.json"
     segments.parent.mkdir(parents=True, exist_ok=True)
-    earlier = json.loads(segments.read_text()) if segments.exists() and checkpoints else []
+    earlier = json.loads(segments.read_text()) if segments.exists() and resuming else []
     started = time.time()
     try:
         argv = pretraining_arguments(method, seed, steps, args, train_dir, output, num_checkpoints, keep)
@@ -225,7 +238,7 @@ def pretrain(method: str, seed: int, steps: int, args, train_dir: Path, results:
         segments.write_text(json.dumps(earlier + [round(time.time() - started, 1)]))
     trained = json.loads((output / "train_results.json").read_text())
     results.put(key, {"steps": steps, "wall_s": round(sum(json.loads(segments.read_text())), 1), "images_seen": steps * args.batch_size,
-                      "resumed": bool(checkpoints), "final_loss": [e["loss"] for e in trained["log_history"] if "loss" in e][-1]})
+                      "resumed": resuming, "final_loss": [e["loss"] for e in trained["log_history"] if "loss" in e][-1]})
     return output
 
 
@@ -262,14 +275,20 @@ def frozen_feature_top1(protocol: str, train: dict, test: dict, seed: int, args)
 def fine_tune(encoder: Path, fraction: float, seed: int, data: Path, output: Path, args) -> dict:
     train_images = round(fraction * args.train_images)
     steps = max(1, round(args.fine_tune_epochs[fraction] * train_images / args.fine_tune_batch_size))
-    result = run_classification.main([
-        "--model", str(encoder), "--output_dir", str(output), "--overwrite_output_dir", "--train_dir", str(data / "train"),
+    argv = [
+        "--model", str(encoder), "--output_dir", str(output), *resume_or_start(output), "--train_dir", str(data / "train"),
         "--validation_dir", str(data / "test"), "--train_fraction", str(fraction), "--seed", str(seed),
         "--max_steps", str(steps), "--per_device_train_batch_size", str(args.fine_tune_batch_size), "--learning_rate", "1e-3",
         "--eval_strategy", "steps", "--eval_steps", str(max(1, steps // 6)), "--per_device_eval_batch_size", "512",
         "--crop_pct", "1.0", "--mixup", "0", "--cutmix", "0", "--rand_augment", "", "--reprob", "0",
         "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", str(args.dataloader_num_workers),
-    ])
+    ]
+    try:
+        result = run_classification.main(argv)
+    except SystemExit as stop:  # SIGTERM: the fine-tune saved a checkpoint that a re-run resumes from
+        if stop.code == 143:
+            stop_resumably(f"the fine-tune in {output}")
+        raise
     return {
         "top1": result["top1"],
         "steps": steps,

@@ -1,6 +1,7 @@
 """The compute-curve benchmark: MAE's encoder converts exactly, and the curve runs end to end
 in smoke mode (a tiny image folder), resumes and refuses what it cannot do."""
 
+import argparse
 import json
 import math
 import re
@@ -11,15 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import ROOT, run_args, script_env, stop_once_training, tiny_cifar_layout
 from transformers import AutoModel
 
-from benchmarks import compute_curve, mae_contender
+from benchmarks import cifar10_benchmark, compute_curve, mae_contender
 from benchmarks.cifar10_benchmark import ENCODER
 from mfm_hub import MFMViTConfig
 from mfm_hub.trainer import MFMPretrainingTrainer
-from training import run_pretraining
+from training import run_classification, run_pretraining
 
 
 @pytest.mark.parametrize("encoder_fields", [ENCODER, dict(image_size=16, patch_size=4, hidden_size=48, num_hidden_layers=3,
@@ -128,11 +130,65 @@ def test_a_sigterm_inside_a_driven_pretraining_stops_the_benchmark_resumably(tmp
     assert "calibration/mfm" in runs and "mfm/seed0/pretraining" not in runs
     assert len(json.loads((out / "mfm-seed0" / "pretraining_segments.json").read_text())) == 1
 
+    a_checkpoint(out / "mfm-seed0" / "encoder", 4)
+    a_checkpoint(out / "mfm-seed0" / "encoder", 8, complete=False)  # a kill cut it short
+    resumed = []
+    monkeypatch.setattr(run_pretraining, "main", lambda argv: resumed.append(argv) or 143)
+    with pytest.raises(SystemExit):
+        compute_curve.main(argv)
+    assert flag(resumed[0], "--resume_from_checkpoint") == str(out / "mfm-seed0" / "encoder" / "checkpoint-4")
+    assert "--overwrite_output_dir" not in resumed[0]
+    assert len(json.loads((out / "mfm-seed0" / "pretraining_segments.json").read_text())) == 2
+
     monkeypatch.setattr(run_pretraining, "main", lambda argv: 143)
     with pytest.raises(SystemExit) as stop:
         compute_curve.main(["--output_dir", str(tmp_path / "other"), *argv[2:]])
     assert stop.value.code == 143
     assert "SIGTERM during the mfm calibration" in capsys.readouterr().out
+
+
+def a_checkpoint(folder: Path, step: int, complete: bool = True) -> Path:
+    """A ``checkpoint-<step>`` with every file a resume reads, well formed, or one cut short."""
+    checkpoint = folder / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    safetensors.torch.save_file({"weight": torch.zeros(1)}, checkpoint / "model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({"step": step}, checkpoint / name)
+    if not complete:
+        (checkpoint / "optimizer.pt").write_bytes(b"PK")
+    return checkpoint
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_a_sigterm_inside_a_driven_fine_tune_stops_the_benchmark_and_a_rerun_resumes_it(tmp_path, monkeypatch, capsys):
+    """The fine-tuning script saves a checkpoint and exits 143 on SIGTERM; the benchmark says how to
+    go on and a re-run continues that fine-tune from its newest complete checkpoint rather than
+    training it again over the checkpoint."""
+    output = tmp_path / "fine_tune_10pct"
+    calls = []
+
+    def stops_then_finishes(argv):
+        calls.append(argv)
+        if len(calls) == 1:
+            a_checkpoint(output, 4)
+            a_checkpoint(output, 8, complete=False)
+            raise SystemExit(143)
+        return {"top1": 0.5, "train_examples": 5, "validation_curve": []}
+
+    monkeypatch.setattr(run_classification, "main", stops_then_finishes)
+    args = argparse.Namespace(train_images=50, fine_tune_epochs={0.1: 2}, fine_tune_batch_size=5, dataloader_num_workers=0)
+    with pytest.raises(SystemExit) as stop:
+        cifar10_benchmark.fine_tune(tmp_path / "encoder", 0.1, 0, tmp_path / "data", output, args)
+    assert stop.value.code == 143
+    assert f"SIGTERM during the fine-tune in {output}; run the same command again" in capsys.readouterr().out
+    assert "--overwrite_output_dir" in calls[0] and "--resume_from_checkpoint" not in calls[0]
+    assert cifar10_benchmark.fine_tune(tmp_path / "encoder", 0.1, 0, tmp_path / "data", output, args)["top1"] == 0.5
+    assert flag(calls[1], "--resume_from_checkpoint") == str(output / "checkpoint-4") and "--overwrite_output_dir" not in calls[1]
+    assert flag(calls[1], "--max_steps") == flag(calls[0], "--max_steps") == "2"
 
 
 @pytest.mark.slow
