@@ -12,6 +12,7 @@ from string import Template
 from typing import Optional
 
 from huggingface_hub import ModelCard
+from huggingface_hub.errors import EntryNotFoundError
 
 from .configuration_mfm import means_local_path
 from .official import SOURCE_URL
@@ -43,16 +44,25 @@ PROJECT_LICENSE = CardLicense("apache-2.0")
 
 
 def source_license(source) -> Optional[CardLicense]:
-    """The licence a checkpoint's card states: a local folder's ``README.md``, or the official
-    licence for a zoo entry; None when the source says nothing (a preset, a bare folder)."""
+    """The licence a checkpoint's card states: a local folder's ``README.md``, a Hub
+    repository's card (from the cache, else the Hub), or the official licence for a zoo entry;
+    None when the source says nothing or its card cannot be read (a preset, a bare folder, a Hub
+    card while offline)."""
     from .official import OFFICIAL_CHECKPOINTS
 
     if str(source) in OFFICIAL_CHECKPOINTS:
         return OFFICIAL_WEIGHTS_LICENSE
-    readme = Path(str(source)) / "README.md"
-    if not readme.is_file():
-        return None
-    data = ModelCard.load(readme).data
+    repository = hub_base_model(source)
+    if repository is None:
+        readme = Path(str(source)) / "README.md"
+        if not readme.is_file():
+            return None
+        data = ModelCard.load(readme).data
+    else:
+        try:
+            data = ModelCard.load(repository).data
+        except (OSError, ValueError, EntryNotFoundError):  # offline and not cached, no card in the repository, the Hub unreachable
+            return None
     if not data or not data.license:
         return None
     return CardLicense(data.license, getattr(data, "license_name", None), getattr(data, "license_link", None))
@@ -118,13 +128,17 @@ def write_model_card(output_dir: str | Path, template: str, model, fields: dict[
     """``output_dir/README.md``: the rendered template, with the licence, the Hub task of
     ``model`` (`pipeline_tag`) and, for a model trained from ``source``, that source as the
     card's ``base_model`` where it is a Hub repository. The licence is ``license``, else the one
-    ``source`` states, else the project's; ``$license_note`` defaults to its name."""
-    license = license or (source_license(source) if source is not None else None) or PROJECT_LICENSE
-    card = ModelCard(render_model_card(template, model, {"license_note": license.description, **fields}))
-    license.apply(card)
+    ``source`` states, else the project's, except for a Hub ``source`` whose card could not be
+    read: its licence binds the weights, so none is claimed and the text points at it.
+    ``$license_note`` defaults to the licence's name."""
+    base_model = hub_base_model(source) if source is not None else None
+    license = license or (source_license(source) if source is not None else None) or (None if base_model else PROJECT_LICENSE)
+    note = license.description if license else f"that of the base model {base_model} (its card could not be read here)"
+    card = ModelCard(render_model_card(template, model, {"license_note": note, **fields}))
+    if license:
+        license.apply(card)
     card.data.library_name = "transformers"
     card.data.pipeline_tag = pipeline_tag(model)
-    base_model = hub_base_model(source) if source is not None else None
     if base_model:
         card.data.base_model = base_model
     path = Path(output_dir) / "README.md"

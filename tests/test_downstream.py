@@ -257,6 +257,17 @@ def test_a_checkpoint_with_non_finite_weights_stops_fine_tuning_and_few_shot_bef
     assert card_now == card  # no result filed
 
 
+def test_fine_tuning_on_fewer_than_five_classes_reports_its_top_k(balanced_folder, encoder, tmp_path):
+    """Top-5 needs five classes; with four, top-k is top-4 and the run still ends with its card
+    and results (it used to fail after training, on the card's top-5, with no results written)."""
+    results = run_classification.main(["--model", str(encoder), "--train_dir", str(balanced_folder), "--validation_dir",
+                                       str(balanced_folder), "--per_device_train_batch_size", "8", "--max_steps", "1",
+                                       "--eval_strategy", "no", "--output_dir", str(tmp_path / "ft")])
+    assert results["top4"] == 1.0 and "top5" not in results
+    assert f"top-1 {results['top1']:.4f}, top-4 1.0000" in (tmp_path / "ft" / "README.md").read_text()
+    assert json.loads((tmp_path / "ft" / "results.json").read_text())["top1"] == results["top1"]
+
+
 @needs_fashion
 @pytest.mark.slow
 def test_few_shot_episodes_are_seeded(balanced_folder, encoder, tmp_path):

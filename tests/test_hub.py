@@ -5,6 +5,7 @@ Each scenario runs in a subprocess because `huggingface_hub` reads its endpoint 
 offline flag once, at import.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -110,3 +111,61 @@ def test_converter_pushes(local_hub, tmp_path):
     assert "converted" in out
     files = local_hub.repos["org/r18"]["files"]
     assert "model.safetensors" in files and b"S-Lab License" in files["README.md"]
+
+
+def test_runs_on_a_hub_model_name_it_and_keep_its_licence(local_hub, tmp_path):
+    """Fine-tuning, few-shot and robustness runs on ``owner/name``: every card they write names it
+    as ``base_model`` and carries the licence its Hub card states, or none where it has no card
+    (never the project's own); a results card goes to ``--output_dir``, never into ``./owner/name``."""
+    out = run_against_hub(
+        local_hub,
+        """
+        import json
+        from pathlib import Path
+        import numpy as np
+        from huggingface_hub import ModelCard
+        from PIL import Image
+        import mfm_hub
+        from transformers import AutoModelForImageClassification
+        from training import run_classification, run_few_shot, run_robustness
+
+        rng = np.random.default_rng(0)
+        for label in ("a", "b"):
+            Path("data", label).mkdir(parents=True)
+            for index in range(4):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(f"data/{label}/{index}.png")
+        config = mfm_hub.MFMViTConfig(image_size=32, patch_size=4, hidden_size=48, num_hidden_layers=2, num_attention_heads=3)
+        for repository in ("org/enc", "org/bare"):
+            mfm_hub.MFMViTModel(config).push_to_hub(repository)
+        ModelCard("---\\nlicense: cc-by-nc-4.0\\n---\\n\\n# enc\\n").push_to_hub("org/enc")
+
+        def fine_tune(model, output):
+            run_classification.main(["--model", model, "--train_dir", "data", "--validation_dir", "data", "--output_dir", output,
+                                     "--max_steps", "1", "--per_device_train_batch_size", "4", "--eval_strategy", "no"])
+            return ModelCard.load(f"{output}/README.md")
+
+        def metadata(card):
+            return card.data.base_model, card.data.license
+
+        print("CARDS", json.dumps({
+            "fine_tune": metadata(fine_tune("org/enc", "ft")),
+            "fine_tune_bare": [*metadata(bare := fine_tune("org/bare", "ft_bare")), "base model org/bare" in bare.text],
+        }))
+        AutoModelForImageClassification.from_pretrained("ft").push_to_hub("org/cls")
+        ModelCard.load("ft/README.md").push_to_hub("org/cls")
+        run_few_shot.main(["--model", "org/enc", "--data_dir", "data", "--split", "train", "--ways", "2", "--shots", "1",
+                           "--queries", "1", "--episodes", "2", "--output_dir", "fs"])
+        run_robustness.main(["--model", "org/cls", "--baseline", "ft", "--data_dir", "data", "--split", "train",
+                             "--corruptions", "pixelate", "--output_dir", "rob"])
+        print("CARDS", json.dumps({name: metadata(ModelCard.load(f"{name}/README.md")) for name in ("fs", "rob")}))
+        print("CARDS", json.dumps({"results": [bool(ModelCard.load(f"{name}/README.md").data.eval_results) for name in ("fs", "rob")]}))
+        """,
+        tmp_path,
+    )
+    lines = [json.loads(line.removeprefix("CARDS ")) for line in out.splitlines() if line.startswith("CARDS ")]
+    cards = {key: value for line in lines for key, value in line.items()}
+    assert cards["fine_tune"] == ["org/enc", "cc-by-nc-4.0"]
+    assert cards["fine_tune_bare"] == ["org/bare", None, True]
+    assert cards["fs"] == ["org/enc", "cc-by-nc-4.0"] and cards["rob"] == ["org/cls", "cc-by-nc-4.0"]
+    assert cards["results"] == [True, True]
+    assert not (tmp_path / "org").exists()

@@ -278,7 +278,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "model_name": output.name, "task_title": f"{task}{shots}", "source": model_args.model, "script": "run_classification.py",
         "dataset_name": dataset_reference(data_args.dataset_name, data_args.train_dir).name,
         "data_summary": f"{len(train)} training images, {len(test)} evaluation images ({evaluation_split}), {len(class_names)} classes",
-        "results_summary": f"top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f}",
+        "results_summary": ", ".join(f"top-{name.removeprefix('top')} {value:.4f}" for name, value in metrics.items()),
         "figure_title": "confusion matrix", "figure": "confusion_matrix.png",
         "usage": 'classify = pipeline("image-classification", model="<this repo or folder>")\nclassify("image.jpg")'})
     entry = evaluation.ModelIndexEntry(output, output.name, "image-classification", f"{task}{shots}",

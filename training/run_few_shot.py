@@ -100,16 +100,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
                "episodes": args.episodes, "queries_per_class": args.queries, "seed": args.seed, "split": args.split,
                "accuracy": mean, "ci95": interval}
     output = Path(args.output_dir)
-    # the backbone itself is evaluated, so its own card gets the entry when it is a local checkpoint
-    card_dir = args.model if Path(args.model).is_dir() else output
     entry = evaluation.ModelIndexEntry(
-        card_dir,
+        evaluation.results_card_dir(args.model, output),
         Path(args.model).name,
         "image-classification",
         f"Few-shot, {results['protocol']}",
         dataset_reference(args.dataset_name, args.data_dir),
         {"accuracy": mean, "ci95": interval},
         args.split,
+        source=args.model,
     )
     evaluation.report_results(
         output,

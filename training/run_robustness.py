@@ -10,7 +10,8 @@ Each evaluation image is resized and centre-cropped to the model's input size, c
 normalised and classified. For corruption c, ``CE_c = sum_s err(model, c, s) / sum_s
 err(baseline, c, s)``; ``mCE`` is the mean of ``CE_c`` over corruptions (Hendrycks &
 Dietterich, 2019). Writes ``results.json``, ``corruption_errors.png`` (per-corruption error
-bars for both models) and a `model-index` entry (clean top-1 and mCE) in the model's card.
+bars for both models) and a `model-index` entry (clean top-1 and mCE) in the model's card (a local
+checkpoint's own; for a Hub or zoo model a results card in ``--output_dir``).
 """
 
 import argparse
@@ -101,9 +102,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     output = Path(args.output_dir)
     data = dataset_reference(args.dataset_name, args.data_dir)
     corrupted = DatasetReference(data.type, f"{data.name} with ImageNet-C corruptions", data.hub_id)
-    entry = evaluation.ModelIndexEntry(args.model, Path(args.model).name, "image-classification",
+    entry = evaluation.ModelIndexEntry(evaluation.results_card_dir(args.model, output), Path(args.model).name, "image-classification",
                                        f"Common corruptions (mCE vs {Path(args.baseline).name})", corrupted,
-                                       {"mCE": results["mCE"], "clean_top1": results["clean_top1"]}, args.split)
+                                       {"mCE": results["mCE"], "clean_top1": results["clean_top1"]}, args.split, source=args.model)
     evaluation.report_results(
         output, results, entry, f"mCE {results['mCE']:.4f} (relative to {args.baseline}); clean top-1 {results['clean_top1']:.4f}",
         lambda folder: plot_errors(results, corruptions, folder / "corruption_errors.png", Path(args.model).name, Path(args.baseline).name))

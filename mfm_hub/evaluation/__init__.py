@@ -23,7 +23,7 @@ from .labelled_data import (
     validate_examples,
 )
 from .metrics import MeanIoU, TopKAccuracy
-from .results import ModelIndexEntry, add_to_model_index, report_results, write_results
+from .results import ModelIndexEntry, add_to_model_index, report_results, results_card_dir, write_results
 
 __all__ = [
     "EvalPreprocessing",
@@ -42,6 +42,7 @@ __all__ = [
     "load_labelled_split",
     "logistic_regression",
     "report_results",
+    "results_card_dir",
     "timm_image_options",
     "validate_examples",
     "weighted_knn_predict",

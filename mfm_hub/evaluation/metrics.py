@@ -14,7 +14,8 @@ import numpy as np
 class TopKAccuracy(evaluate.Metric):
     """Top-1 and top-k accuracy from class scores. ``predictions``: ``(N, num_classes)``
     scores or logits; ``references``: ``(N,)`` class indices. Returns ``{"top1", "top5"}``
-    (``top{k}`` for ``k`` given to `compute`)."""
+    (``top{k}`` for ``k`` given to `compute`; ``k`` is capped at the number of classes: two
+    classes give ``{"top1", "top2"}``)."""
 
     def _info(self):
         return evaluate.MetricInfo(

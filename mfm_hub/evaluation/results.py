@@ -10,6 +10,7 @@ from typing import Callable, Optional
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..data import DatasetReference
+from ..model_card import hub_base_model, source_license
 
 
 def write_results(output_dir: str | Path, results: dict) -> Path:
@@ -25,8 +26,15 @@ def _protocol_key(result: EvalResult) -> tuple:
     return (*result.unique_identifier, result.metric_type, result.metric_name)
 
 
+def results_card_dir(model: str, output_dir: str | Path) -> Path:
+    """Where an evaluation of the model ``model`` records its results: the checkpoint's own card
+    when it is a local folder, else a results card in ``output_dir`` (a Hub or zoo model's card
+    is not ours to change, and ``owner/name`` is no folder to write into)."""
+    return Path(model) if Path(model).is_dir() else Path(output_dir)
+
+
 def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, task_name: str, dataset: DatasetReference,
-                       metrics: dict[str, float], split: str = "test") -> Path:
+                       metrics: dict[str, float], split: str = "test", source: Optional[str] = None) -> Path:
     """Add ``metrics`` to the ``model-index`` of ``card_dir/README.md`` (created if absent).
 
     ``task_type`` is a Hub task id (``image-classification``, ``image-segmentation``),
@@ -35,11 +43,19 @@ def add_to_model_index(card_dir: str | Path, model_name: str, task_type: str, ta
     episodes"``) and names each metric (``"<task_name>: <metric>"``), because the Hub's
     model-index groups results by task type, dataset and split only, not by task name.
     Results accumulate: an earlier result is replaced only by one of the same protocol,
-    dataset (type and config: two local folders are two datasets), split and metric."""
+    dataset (type and config: two local folders are two datasets), split and metric. A card
+    created here for the evaluated model ``source`` (a results card beside a Hub or zoo model)
+    names it as ``base_model`` where it is a Hub repository and states its licence."""
     path = Path(card_dir) / "README.md"
-    card = ModelCard.load(path) if path.exists() else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {model_name}\n")
+    created = not path.exists()
+    card = ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {model_name}\n") if created else ModelCard.load(path)
     if card.data is None:
         card.data = ModelCardData()
+    if created and source is not None:
+        license = source_license(source)
+        if license:
+            license.apply(card)
+        card.data.base_model = hub_base_model(source)
     new = [
         EvalResult(
             task_type=task_type,
@@ -73,6 +89,7 @@ class ModelIndexEntry:
     dataset: DatasetReference
     metrics: dict[str, float]
     split: str = "test"
+    source: Optional[str] = None
 
 
 def report_results(output_dir: str | Path, results: dict, entry: ModelIndexEntry, summary: str,
@@ -84,5 +101,6 @@ def report_results(output_dir: str | Path, results: dict, entry: ModelIndexEntry
     write_results(output, results)
     if figure is not None:
         figure(output)
-    add_to_model_index(entry.card_dir, entry.model_name, entry.task_type, entry.task_name, entry.dataset, entry.metrics, entry.split)
+    add_to_model_index(entry.card_dir, entry.model_name, entry.task_type, entry.task_name, entry.dataset, entry.metrics, entry.split,
+                       entry.source)
     print(f"{summary} -> {output.resolve()}")
