@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hub_server import LocalHub
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,7 @@ def run_against_hub(hub: LocalHub, code: str, tmp_path: Path) -> str:
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "NO_PROXY": "127.0.0.1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),  # the scripts' `training` package
     }
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
